@@ -1,0 +1,57 @@
+package netmon
+
+import (
+	"errors"
+
+	"github.com/sirupsen/logrus"
+)
+
+// Config configures a Monitor.
+type Config struct {
+	// NetNSPath is the netns to watch: /proc/PID/ns/net or a bind mount
+	// (Docker's /var/run/docker/netns/<id>). Required.
+	NetNSPath string
+	// DockerdNetNS is the path of the netns whose links may be peers or
+	// parents of the watched links (dockerd's). "" means the caller's own
+	// netns: in the shim that is the host netns, which dockerd shares.
+	DockerdNetNS string
+	// ScanNetNS resolves link-netnsids among the named (/run/netns/*) and
+	// process (/proc/*/ns/net) netns too, and accepts any netns found that
+	// way as a peer netns. For the watch command and tests only. When false,
+	// only DockerdNetNS is accepted and nothing is scanned.
+	ScanNetNS bool
+	// ReceiveBufferSize sets SO_RCVBUF of the subscription sockets (0: the
+	// system default). Tests make it tiny to force ENOBUFS.
+	ReceiveBufferSize int
+	// Log receives the monitor's logs; nil discards them.
+	Log *logrus.Entry
+	// Observer, if set, is told about every netlink message read and every
+	// resync (metrics).
+	Observer Observer
+}
+
+// Observer receives counts from the monitor's loop goroutine. Its methods
+// must not block.
+type Observer interface {
+	// EventSeen is called for every netlink message read from the
+	// subscriptions; kind is "link", "address" or "route". Messages lost
+	// to an overflow are never seen: a resync follows.
+	EventSeen(kind string)
+	// Resynced is called after each successful resync (Snapshot.Resyncs
+	// counts the same).
+	Resynced()
+}
+
+var (
+	// ErrNotNetNS is returned (wrapped with the path) by New when a path
+	// opens but is not a network namespace.
+	ErrNotNetNS = errors.New("not a network namespace")
+	// ErrClosed is returned by Start and LinkByName after Close.
+	ErrClosed = errors.New("netmon: monitor closed")
+	// ErrNetNSGone is Err's cause when the watched netns path no longer
+	// opens, or names another netns, at a resync.
+	ErrNetNSGone = errors.New("netmon: watched netns is gone")
+	// ErrLinkNotFound is returned (wrapped) by LinkByName when no link has
+	// that name in the watched netns.
+	ErrLinkNotFound = errors.New("link not found")
+)

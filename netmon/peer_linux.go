@@ -1,0 +1,178 @@
+package netmon
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/sirupsen/logrus"
+	"github.com/vishvananda/netlink"
+)
+
+// resolver reads peer facts: which netns a link-netnsid names, as the
+// watched netns sees it, and what the peer or parent is over there.
+//
+// It is used by one goroutine at a time (Start, then the loop), like state.
+type resolver struct {
+	log     *logrus.Entry
+	watched nsFile // fds owned by the Monitor; never closed here
+	dockerd nsFile
+	scan    bool
+
+	dh *netlink.Handle // sockets in dockerd's netns, opened on first use; closed by close
+
+	// cache maps a link-netnsid (of the watched netns) to the netns it
+	// named when last scanned. Ids are reused once a netns dies, so an
+	// entry is re-validated on every use (see openCached).
+	cache map[int]nsFile // fd unused (-1): path and identity only
+}
+
+func (r *resolver) close() {
+	if r.dh != nil {
+		r.dh.Close()
+		r.dh = nil
+	}
+}
+
+// resolve returns the peer facts of l. wh is a handle in the watched netns.
+func (r *resolver) resolve(wh *netlink.Handle, l *Link) *Peer {
+	if l.ParentIndex == 0 {
+		// Docker's veth right after the move: IFLA_LINK not tied yet.
+		return nil
+	}
+	if l.LinkNetNSID < 0 {
+		return &Peer{State: PeerSameNetNS}
+	}
+	id := l.LinkNetNSID
+
+	// dockerd's netns first: ask the watched netns which id it gives it.
+	did, err := wh.GetNetNsIdByFd(r.dockerd.fd)
+	if err != nil {
+		return &Peer{State: PeerError, Err: fmt.Sprintf("RTM_GETNSID for %q in the watched netns: %v", r.dockerd.path, err)}
+	}
+	if did == id {
+		if r.dh == nil {
+			if r.dh, err = newHandleAt(r.dockerd); err != nil {
+				return &Peer{State: PeerError, NetNS: r.dockerd.path, Err: err.Error()}
+			}
+		}
+		return r.readPeer(r.dh, r.dockerd.path, l)
+	}
+	if !r.scan {
+		return &Peer{State: PeerForeignNetNS}
+	}
+
+	ns, ok := r.openCached(wh, id)
+	if !ok {
+		r.rescan(wh)
+		ns, ok = r.openCached(wh, id)
+	}
+	if !ok {
+		return &Peer{State: PeerForeignNetNS}
+	}
+	defer ns.close()
+	h, err := newHandleAt(ns)
+	if err != nil {
+		return &Peer{State: PeerError, NetNS: ns.path, Err: err.Error()}
+	}
+	defer h.Close()
+	return r.readPeer(h, ns.path, l)
+}
+
+// readPeer reads the link at l.ParentIndex through h (sockets in the netns
+// where that index is valid) and, for a veth, whether it points back.
+func (r *resolver) readPeer(h *netlink.Handle, path string, l *Link) *Peer {
+	p := &Peer{State: PeerResolved, NetNS: path}
+	fail := func(format string, args ...any) *Peer {
+		return &Peer{State: PeerError, NetNS: path, Err: fmt.Sprintf(format, args...)}
+	}
+	pl, err := h.LinkByIndex(l.ParentIndex)
+	if err != nil {
+		if isLinkNotFound(err) {
+			return p // resolved: nothing there
+		}
+		return fail("read ifindex %d in %q: %v", l.ParentIndex, path, err)
+	}
+	a := pl.Attrs()
+	p.Found, p.Name, p.Kind, p.MasterIndex = true, a.Name, pl.Type(), a.MasterIndex
+	if a.MasterIndex != 0 {
+		ml, err := h.LinkByIndex(a.MasterIndex)
+		switch {
+		case err == nil:
+			p.MasterKind = ml.Type()
+		case !isLinkNotFound(err):
+			return fail("read master ifindex %d of %q in %q: %v", a.MasterIndex, a.Name, path, err)
+		}
+	}
+	if l.Kind == "veth" && p.Kind == "veth" && a.ParentIndex == l.Index && a.NetNsID >= 0 {
+		// The peer's link-netnsid is an id in the PEER's netns: ask that
+		// netns which id it gives the watched one. (Reading the peer
+		// above made the kernel allocate it if it had none.)
+		back, err := h.GetNetNsIdByFd(r.watched.fd)
+		if err != nil {
+			return fail("RTM_GETNSID for the watched netns in %q: %v", path, err)
+		}
+		p.PointsBack = back >= 0 && back == a.NetNsID
+	}
+	return p
+}
+
+// openCached opens the cached netns for id and checks that it still is the
+// same netns and that the watched netns still gives it that id.
+func (r *resolver) openCached(wh *netlink.Handle, id int) (nsFile, bool) {
+	e, ok := r.cache[id]
+	if !ok {
+		return nsFile{fd: -1}, false
+	}
+	f, err := openNSQuiet(e.path)
+	if err != nil {
+		delete(r.cache, id)
+		return f, false
+	}
+	if !f.same(e) {
+		f.close()
+		delete(r.cache, id)
+		return nsFile{fd: -1}, false
+	}
+	if got, err := wh.GetNetNsIdByFd(f.fd); err != nil || got != id {
+		f.close()
+		delete(r.cache, id)
+		return nsFile{fd: -1}, false
+	}
+	return f, true
+}
+
+// rescan rebuilds the id cache from /run/netns/* and /proc/*/ns/net,
+// deduplicated by identity, skipping the watched netns.
+func (r *resolver) rescan(wh *netlink.Handle) {
+	var paths []string
+	if named, err := filepath.Glob("/run/netns/*"); err == nil {
+		paths = append(paths, named...)
+	}
+	if ents, err := os.ReadDir("/proc"); err == nil {
+		for _, e := range ents {
+			if n := e.Name(); n[0] >= '1' && n[0] <= '9' {
+				paths = append(paths, "/proc/"+n+"/ns/net")
+			}
+		}
+	}
+	type ident struct{ dev, ino uint64 }
+	seen := map[ident]bool{{r.watched.dev, r.watched.ino}: true}
+	cache := map[int]nsFile{}
+	for _, p := range paths {
+		f, err := openNSQuiet(p)
+		if err != nil {
+			continue // raced with an exit or unmount, or not a netns
+		}
+		k := ident{f.dev, f.ino}
+		if !seen[k] {
+			seen[k] = true
+			if id, err := wh.GetNetNsIdByFd(f.fd); err == nil && id >= 0 {
+				cache[id] = nsFile{fd: -1, path: p, dev: f.dev, ino: f.ino}
+			}
+		}
+		f.close()
+	}
+	r.log.WithField("ids", len(cache)).Debug("scanned netns for link-netnsids")
+	r.cache = cache
+}
