@@ -1,0 +1,151 @@
+package hotplugtest
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"slices"
+	"sync"
+
+	"github.com/kata-netmon/kata-netmon/hotplug"
+	"github.com/kata-netmon/kata-netmon/netmon"
+)
+
+// ErrLinkNotFound is what FakeSource.LinkByName wraps when no link carries
+// the name.
+var ErrLinkNotFound = errors.New("link not found")
+
+// FakeSource is a hotplug.Source for tests: a snapshot the test replaces
+// (Set, Update), a capacity-1 Changed channel that coalesces signals like
+// netmon's, a Done channel closed by Close, and a by-name lookup that reads
+// the current snapshot unless LinkByNameFn overrides it (to model a view
+// that lags the kernel).
+//
+// All methods are safe for concurrent use. Set LinkByNameFn only while no
+// reconciler is running.
+type FakeSource struct {
+	LinkByNameFn func(name string) (index int, mac net.HardwareAddr, err error)
+
+	changed   chan struct{} // capacity 1; sent to by Set, never closed
+	done      chan struct{} // closed by Close
+	closeOnce sync.Once
+
+	mu    sync.Mutex // guards snap and reads
+	snap  *netmon.Snapshot
+	reads int
+}
+
+var _ hotplug.Source = (*FakeSource)(nil)
+
+// NewFakeSource returns a source whose first snapshot holds links (and no
+// routes), at generation 1.
+func NewFakeSource(links ...*netmon.Link) *FakeSource {
+	s := &FakeSource{
+		changed: make(chan struct{}, 1),
+		done:    make(chan struct{}),
+	}
+	snap := Snapshot(links...)
+	snap.Generation = 1
+	s.snap = snap
+	return s
+}
+
+// Snapshot implements hotplug.Source. Callers must not modify the result.
+func (s *FakeSource) Snapshot() *netmon.Snapshot {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.reads++
+	return s.snap
+}
+
+// Reads returns how many times Snapshot was called: one per reconcile pass.
+func (s *FakeSource) Reads() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.reads
+}
+
+// Changed implements hotplug.Source.
+func (s *FakeSource) Changed() <-chan struct{} { return s.changed }
+
+// Done implements hotplug.Source.
+func (s *FakeSource) Done() <-chan struct{} { return s.done }
+
+// Close ends the watch: Done is closed. Idempotent.
+func (s *FakeSource) Close() { s.closeOnce.Do(func() { close(s.done) }) }
+
+// LinkByName implements hotplug.Source: LinkByNameFn when set, otherwise the
+// current snapshot's link of that name.
+func (s *FakeSource) LinkByName(name string) (int, net.HardwareAddr, error) {
+	if s.LinkByNameFn != nil {
+		return s.LinkByNameFn(name)
+	}
+	s.mu.Lock()
+	l := s.snap.LinkByName(name)
+	s.mu.Unlock()
+	if l == nil {
+		return 0, nil, fmt.Errorf("%q: %w", name, ErrLinkNotFound)
+	}
+	return l.Index, slices.Clone(l.MAC), nil
+}
+
+// Set replaces the view with snap (which the source now owns), with the
+// generation after the current one, and signals Changed.
+func (s *FakeSource) Set(snap *netmon.Snapshot) {
+	if snap.Links == nil {
+		snap.Links = map[int]*netmon.Link{}
+	}
+	s.mu.Lock()
+	snap.Generation = s.snap.Generation + 1
+	s.snap = snap
+	s.mu.Unlock()
+	select {
+	case s.changed <- struct{}{}:
+	default: // a signal is pending already: coalesce
+	}
+}
+
+// Update applies fn to a deep copy of the current view and Sets the result:
+// snapshots handed out earlier stay untouched.
+func (s *FakeSource) Update(fn func(*netmon.Snapshot)) {
+	s.mu.Lock()
+	c := Clone(s.snap)
+	s.mu.Unlock()
+	fn(c)
+	s.Set(c)
+}
+
+// Clone deep-copies a snapshot.
+func Clone(s *netmon.Snapshot) *netmon.Snapshot {
+	c := &netmon.Snapshot{
+		Links:      make(map[int]*netmon.Link, len(s.Links)),
+		Routes:     slices.Clone(s.Routes),
+		Generation: s.Generation,
+		Resyncs:    s.Resyncs,
+	}
+	for i, l := range s.Links {
+		c.Links[i] = CloneLink(l)
+	}
+	return c
+}
+
+// CloneLink deep-copies a link.
+func CloneLink(l *netmon.Link) *netmon.Link {
+	c := *l
+	c.MAC = slices.Clone(l.MAC)
+	c.Addrs = slices.Clone(l.Addrs)
+	if l.Peer != nil {
+		p := *l.Peer
+		c.Peer = &p
+	}
+	return &c
+}
+
+// Snapshot builds a snapshot of links (keyed by their Index) and no routes.
+func Snapshot(links ...*netmon.Link) *netmon.Snapshot {
+	s := &netmon.Snapshot{Links: make(map[int]*netmon.Link, len(links))}
+	for _, l := range links {
+		s.Links[l.Index] = l
+	}
+	return s
+}

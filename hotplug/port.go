@@ -1,0 +1,103 @@
+package hotplug
+
+import (
+	"context"
+	"errors"
+)
+
+// IPFamily mirrors Kata's pbTypes.IPFamily: v4 is 0, v6 is 1.
+type IPFamily int32
+
+const (
+	FamilyV4 IPFamily = 0
+	FamilyV6 IPFamily = 1
+)
+
+// IPAddress mirrors pbTypes.IPAddress. Mask is the prefix length as a decimal
+// string ("24"): Kata parses "%s/%s".
+type IPAddress struct {
+	Family  IPFamily
+	Address string
+	Mask    string
+}
+
+// Interface mirrors pbTypes.Interface. Type must be the netlink kind ("veth",
+// "macvlan"): Kata refuses anything else as "Unsupported network interface".
+// Kata looks the link up by Name in the sandbox netns.
+type Interface struct {
+	Device      string
+	Name        string
+	IPAddresses []*IPAddress
+	Mtu         uint64
+	HwAddr      string
+	DevicePath  string
+	Type        string
+	RawFlags    uint32
+}
+
+// Clone returns a deep copy of inf (nil for nil), so a sandbox can keep what
+// it was given without sharing the caller's address list.
+func (inf *Interface) Clone() *Interface {
+	if inf == nil {
+		return nil
+	}
+	c := *inf
+	c.IPAddresses = nil
+	for _, a := range inf.IPAddresses {
+		if a != nil {
+			ac := *a
+			c.IPAddresses = append(c.IPAddresses, &ac)
+		}
+	}
+	return &c
+}
+
+// Route mirrors pbTypes.Route. A default route has Dest == "" (the agent does
+// not parse "default"); otherwise Dest is a CIDR. Device is a link name in the
+// guest.
+type Route struct {
+	Dest    string
+	Gateway string
+	Device  string
+	Source  string
+	Scope   uint32
+	Family  IPFamily
+	Flags   uint32
+	Mtu     uint32
+}
+
+// Capabilities says what the sandbox's hypervisor can do with NICs at run
+// time. In Kata 4.1's Go runtime: QEMU both; Cloud Hypervisor hot-plugs but
+// cannot unplug; Firecracker, StratoVirt and remote neither.
+type Capabilities struct {
+	HotplugNIC   bool
+	HotUnplugNIC bool
+}
+
+// Sandbox is the part of Kata's VCSandbox the monitor uses, plus the
+// hypervisor's NIC capabilities. Implementations: the Kata adapter (its own
+// module), the QEMU-backed test sandbox (e2e), the recording sandbox of the
+// watch command, and fakes in tests.
+type Sandbox interface {
+	// AddInterface hot-plugs the link named inf.Name in the sandbox netns
+	// and configures it in the guest.
+	AddInterface(ctx context.Context, inf *Interface) (*Interface, error)
+	// RemoveInterface unplugs the NIC whose MAC is inf.HwAddr. Kata returns
+	// (nil, nil) whether or not it removed anything.
+	RemoveInterface(ctx context.Context, inf *Interface) (*Interface, error)
+	// ListInterfaces returns the guest's interfaces, as the agent sees them.
+	ListInterfaces(ctx context.Context) ([]*Interface, error)
+	// UpdateRoutes adds or replaces routes in the guest; it never deletes
+	// one. A route naming a device the guest lacks fails the whole call.
+	UpdateRoutes(ctx context.Context, routes []*Route) ([]*Route, error)
+	// Capabilities reports what the hypervisor can hot-plug.
+	Capabilities() Capabilities
+}
+
+// ErrNoHotplug is returned when the sandbox's hypervisor cannot hot-plug NICs:
+// the monitor does not start.
+var ErrNoHotplug = errors.New("hypervisor cannot hot-plug network interfaces")
+
+// ErrSandboxDead is returned (wrapped) once the sandbox reported that its agent
+// is gone ("Dead agent", "ttrpc: closed"): the reconciler gives up.
+var ErrSandboxDead = errors.New("sandbox is dead")

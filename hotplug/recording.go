@@ -1,0 +1,162 @@
+package hotplug
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"strings"
+	"sync"
+)
+
+// Event is one call a RecordingSandbox received, in the form the watch
+// command prints with --json.
+type Event struct {
+	Op        string       `json:"op"` // "attach", "detach" or "routes"
+	Name      string       `json:"name,omitempty"`
+	MAC       string       `json:"mac,omitempty"`
+	MTU       uint64       `json:"mtu,omitempty"`
+	Addresses []string     `json:"addresses,omitempty"` // CIDR strings
+	Routes    []EventRoute `json:"routes,omitempty"`
+}
+
+// EventRoute is one route of a "routes" event.
+type EventRoute struct {
+	Dest    string `json:"dest"` // CIDR, or "default"
+	Gateway string `json:"gateway,omitempty"`
+	Device  string `json:"device"`
+}
+
+// RecordingSandbox is a dry-run Sandbox: it attaches nothing, keeps the guest
+// Kata would have (interfaces by MAC, routes added or replaced and never
+// deleted) and reports every change to OnEvent. Like Kata's agent, it fails
+// a whole UpdateRoutes call that names a device the guest lacks, so a
+// monitor bug shows up here as it would in a VM. Safe for concurrent use.
+type RecordingSandbox struct {
+	// Caps are the capabilities it reports; the zero value means none, so
+	// set both for a QEMU-like sandbox.
+	Caps Capabilities
+	// OnEvent, if set, is called for each change, in order, with the
+	// sandbox's lock held: it must not call back into the sandbox.
+	OnEvent func(Event)
+
+	mu     sync.Mutex
+	guest  []*Interface      // in attach order
+	routes map[string]*Route // by family+dest
+	events []Event
+}
+
+// Events returns every event so far.
+func (s *RecordingSandbox) Events() []Event {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]Event(nil), s.events...)
+}
+
+// Guest returns the interfaces the guest would have now.
+func (s *RecordingSandbox) Guest() []*Interface {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]*Interface(nil), s.guest...)
+}
+
+func (s *RecordingSandbox) emit(e Event) {
+	s.events = append(s.events, e)
+	if s.OnEvent != nil {
+		s.OnEvent(e)
+	}
+}
+
+// Capabilities implements Sandbox.
+func (s *RecordingSandbox) Capabilities() Capabilities { return s.Caps }
+
+// AddInterface implements Sandbox.
+func (s *RecordingSandbox) AddInterface(_ context.Context, inf *Interface) (*Interface, error) {
+	if !s.Caps.HotplugNIC {
+		return nil, ErrNoHotplug
+	}
+	if inf == nil || inf.Name == "" || inf.HwAddr == "" {
+		return nil, fmt.Errorf("add interface: name and MAC are required: %+v", inf)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, g := range s.guest {
+		if strings.EqualFold(g.HwAddr, inf.HwAddr) || g.Name == inf.Name {
+			return nil, fmt.Errorf("add interface %q (%s): guest already has %q (%s)", inf.Name, inf.HwAddr, g.Name, g.HwAddr)
+		}
+	}
+	c := inf.Clone()
+	s.guest = append(s.guest, c)
+	e := Event{Op: "attach", Name: inf.Name, MAC: strings.ToLower(inf.HwAddr), MTU: inf.Mtu}
+	for _, a := range inf.IPAddresses {
+		e.Addresses = append(e.Addresses, a.Address+"/"+a.Mask)
+	}
+	s.emit(e)
+	return c, nil
+}
+
+// RemoveInterface implements Sandbox: by MAC, and (nil, nil) whether or not
+// anything was removed, as Kata does. Routes through the NIC go with it.
+func (s *RecordingSandbox) RemoveInterface(_ context.Context, inf *Interface) (*Interface, error) {
+	if !s.Caps.HotUnplugNIC {
+		return nil, fmt.Errorf("remove interface: hypervisor cannot hot-unplug NICs")
+	}
+	if inf == nil {
+		return nil, nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for i, g := range s.guest {
+		if strings.EqualFold(g.HwAddr, inf.HwAddr) {
+			s.guest = append(s.guest[:i], s.guest[i+1:]...)
+			for k, r := range s.routes {
+				if r.Device == g.Name {
+					delete(s.routes, k)
+				}
+			}
+			s.emit(Event{Op: "detach", Name: g.Name, MAC: strings.ToLower(g.HwAddr)})
+			break
+		}
+	}
+	return nil, nil
+}
+
+// ListInterfaces implements Sandbox.
+func (s *RecordingSandbox) ListInterfaces(context.Context) ([]*Interface, error) {
+	return s.Guest(), nil
+}
+
+// UpdateRoutes implements Sandbox with the agent's semantics: add or
+// replace, never delete, all or nothing.
+func (s *RecordingSandbox) UpdateRoutes(_ context.Context, routes []*Route) ([]*Route, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	names := map[string]bool{}
+	for _, g := range s.guest {
+		names[g.Name] = true
+	}
+	for _, r := range routes {
+		if !names[r.Device] {
+			return nil, fmt.Errorf("update routes: route to %q names device %q, which the guest lacks", r.Dest, r.Device)
+		}
+		if r.Dest != "" {
+			if _, err := netip.ParsePrefix(r.Dest); err != nil {
+				return nil, fmt.Errorf("update routes: %w", err)
+			}
+		}
+	}
+	if s.routes == nil {
+		s.routes = map[string]*Route{}
+	}
+	e := Event{Op: "routes"}
+	for _, r := range routes {
+		c := *r
+		s.routes[fmt.Sprint(r.Family, "|", r.Dest)] = &c
+		dest := r.Dest
+		if dest == "" {
+			dest = "default"
+		}
+		e.Routes = append(e.Routes, EventRoute{Dest: dest, Gateway: r.Gateway, Device: r.Device})
+	}
+	s.emit(e)
+	return routes, nil
+}

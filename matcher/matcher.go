@@ -1,0 +1,251 @@
+package matcher
+
+import (
+	"cmp"
+	"fmt"
+	"sort"
+	"strings"
+
+	"github.com/kata-netmon/kata-netmon/netmon"
+)
+
+// State is the matcher's verdict on one link.
+type State int
+
+const (
+	// Ignored links are never attached: lo, Kata's own links, taps, links of
+	// other kinds, and candidates whose peer facts fail.
+	Ignored State = iota
+	// Pending links look like Docker endpoints on their way to ready (peer
+	// not tied yet, down, not running, no address yet).
+	Pending
+	// Ready links are Docker endpoints fully configured: attach them.
+	Ready
+)
+
+func (s State) String() string {
+	switch s {
+	case Ignored:
+		return "ignored"
+	case Pending:
+		return "pending"
+	case Ready:
+		return "ready"
+	}
+	return "unknown"
+}
+
+// Decision is the verdict on one link, with a short reason for logs.
+type Decision struct {
+	Index  int
+	Name   string
+	Kind   string // the link's netlink kind
+	State  State
+	Reason string
+}
+
+// flagLoopback is IFF_LOOPBACK.
+const flagLoopback uint32 = 0x8
+
+// kataSuffix ends the names of the links Kata creates in the sandbox netns
+// (tap0_kata, br0_kata). An endpoint renamed to one of them is left alone:
+// attaching it would fight Kata over its own device.
+const kataSuffix = "_kata"
+
+// Classify decides one link. It reads only the link: peer facts were
+// resolved by netmon in the netns where they are valid.
+func Classify(l *netmon.Link) Decision {
+	d := Decision{Index: l.Index, Name: l.Name, Kind: l.Kind, State: Ignored}
+	switch {
+	case l.RawFlags&flagLoopback != 0 || l.Name == "lo":
+		d.Reason = "loopback"
+		return d
+	case strings.HasSuffix(l.Name, kataSuffix):
+		d.Reason = "Kata's own link"
+		return d
+	case l.Kind != "veth" && l.Kind != "macvlan":
+		d.Reason = fmt.Sprintf("kind %q is not a Docker endpoint kind", l.Kind)
+		return d
+	case len(l.MAC) != 6:
+		d.Reason = "no Ethernet MAC address"
+		return d
+	}
+	if why, pending := peerProblem(l); why != "" {
+		if pending {
+			d.State = Pending
+		}
+		d.Reason = why
+		return d
+	}
+	// The link is a Docker endpoint; now: is it fully configured?
+	d.State = Pending
+	switch {
+	case !l.Up():
+		d.Reason = "down"
+	case !l.Running():
+		d.Reason = "up, not running yet"
+	case !hasRoutableAddr(l):
+		d.Reason = "no address yet"
+	default:
+		d.State = Ready
+		d.Reason = "ready"
+	}
+	return d
+}
+
+// peerProblem returns why l's peer (veth) or parent (macvlan) facts do not
+// make it a Docker endpoint, and whether that may still change (pending).
+// An empty reason means the facts hold.
+func peerProblem(l *netmon.Link) (reason string, pending bool) {
+	p := l.Peer
+	if l.ParentIndex == 0 || p == nil || p.State == netmon.PeerUntied {
+		// Docker's veth arrives with no IFLA_LINK; the rename that
+		// follows carries it.
+		return "peer not tied yet", true
+	}
+	switch p.State {
+	case netmon.PeerSameNetNS:
+		return "peer is in the sandbox netns itself", false
+	case netmon.PeerForeignNetNS:
+		if p.NetNS != "" {
+			return fmt.Sprintf("peer netns %s is not dockerd's", p.NetNS), false
+		}
+		return fmt.Sprintf("peer netns id %d is not dockerd's", l.LinkNetNSID), false
+	case netmon.PeerError:
+		return "peer facts unreadable: " + p.Err, false
+	case netmon.PeerResolved:
+	default:
+		return fmt.Sprintf("peer state %v", p.State), false
+	}
+	if !p.Found {
+		return fmt.Sprintf("peer ifindex %d not found in dockerd's netns", l.ParentIndex), false
+	}
+	if l.Kind == "macvlan" {
+		// A macvlan's IFLA_LINK is its parent; there is no peer to
+		// check back.
+		return "", false
+	}
+	switch {
+	case p.Kind != "veth":
+		return fmt.Sprintf("peer %q is a %s, not a veth", p.Name, p.Kind), false
+	case !p.PointsBack:
+		return fmt.Sprintf("peer %q does not point back at this link", p.Name), false
+	case p.MasterIndex == 0:
+		return fmt.Sprintf("peer %q is on no bridge", p.Name), false
+	case p.MasterKind != "bridge":
+		return fmt.Sprintf("peer %q is enslaved to a %s, not a bridge", p.Name, p.MasterKind), false
+	}
+	return "", false
+}
+
+func hasRoutableAddr(l *netmon.Link) bool {
+	for _, a := range l.Addrs {
+		if a.Prefix.IsValid() && !a.LinkLocal() {
+			return true
+		}
+	}
+	return false
+}
+
+// Endpoints classifies every link of s, ordered by ifindex.
+func Endpoints(s *netmon.Snapshot) []Decision {
+	links := s.SortedLinks()
+	out := make([]Decision, 0, len(links))
+	for _, l := range links {
+		out = append(out, Classify(l))
+	}
+	return out
+}
+
+// Attached identifies an interface the VM has: the link it came from and the
+// MAC and name it was attached under (the guest knows it by these).
+type Attached struct {
+	Index       int
+	Incarnation uint64 // netmon.Link.Incarnation when attached
+	Name        string
+	MAC         string // lower-case colon form, as net.HardwareAddr.String
+}
+
+// Gone reports whether an attached interface no longer stands for a Docker
+// endpoint in s, and why: the link was deleted or moved out (DELLINK), was
+// taken down and renamed away from its attach name (docker network
+// disconnect), or now carries another MAC (the VM's NIC no longer matches).
+// A link that is merely down, renamed while up, or not ready, is not gone.
+func Gone(a Attached, s *netmon.Snapshot) (bool, string) {
+	l, ok := s.Links[a.Index]
+	if !ok {
+		return true, "link deleted or moved out"
+	}
+	if l.Incarnation != a.Incarnation {
+		return true, "link deleted and re-created with the same ifindex"
+	}
+	if mac := l.MAC.String(); mac != a.MAC {
+		return true, fmt.Sprintf("MAC changed to %s", mac)
+	}
+	if !l.Up() && l.Name != a.Name {
+		return true, fmt.Sprintf("taken down and renamed to %q", l.Name)
+	}
+	// Peer facts are deliberately not re-checked here: a transient failure
+	// to read them must not unplug a working NIC.
+	return false, ""
+}
+
+// Routes returns the routes the VM should have through the given devices
+// (ifindexes of attached endpoints): main-table routes that the kernel did
+// not add for an address itself, IPv4 and IPv6, in a stable order. Kernel
+// prefix routes are left out because the guest's kernel makes its own when
+// the addresses are configured.
+func Routes(s *netmon.Snapshot, devices map[int]bool) []netmon.Route {
+	var out []netmon.Route
+	for _, r := range s.Routes {
+		if !devices[r.LinkIndex] || r.Table != netmon.TableMain || r.Protocol == netmon.RouteProtoKernel {
+			continue
+		}
+		if r.Type != 0 && r.Type != rtnUnicast {
+			continue
+		}
+		if !r.Dst.IsValid() || r.Dst.Addr().IsMulticast() || (r.Dst.Bits() > 0 && r.Dst.Addr().IsLinkLocalUnicast()) {
+			continue
+		}
+		out = append(out, r)
+	}
+	sort.SliceStable(out, func(i, j int) bool { return routeLess(out[i], out[j]) })
+	return out
+}
+
+// rtnUnicast is RTN_UNICAST.
+const rtnUnicast = 1
+
+// routeLess orders by family, then non-default before default (the guest
+// needs the gateway's subnet first), then destination, metric and device,
+// then every remaining field: a total order.
+func routeLess(a, b netmon.Route) bool {
+	if a.Family != b.Family {
+		return a.Family < b.Family
+	}
+	if a.Default() != b.Default() {
+		return !a.Default()
+	}
+	if c := a.Dst.Addr().Compare(b.Dst.Addr()); c != 0 {
+		return c < 0
+	}
+	if a.Dst.Bits() != b.Dst.Bits() {
+		return a.Dst.Bits() < b.Dst.Bits()
+	}
+	if a.Priority != b.Priority {
+		return a.Priority < b.Priority
+	}
+	if a.LinkIndex != b.LinkIndex {
+		return a.LinkIndex < b.LinkIndex
+	}
+	// Routes can still tie (IPv6 nexthops dumped one by one, `ip route
+	// append`): compare every other field so the dump order never decides.
+	if c := a.Gateway.Compare(b.Gateway); c != 0 {
+		return c < 0
+	}
+	if c := a.Src.Compare(b.Src); c != 0 {
+		return c < 0
+	}
+	return cmp.Or(cmp.Compare(a.Protocol, b.Protocol), cmp.Compare(a.Scope, b.Scope), cmp.Compare(a.Type, b.Type),
+		cmp.Compare(a.Table, b.Table), cmp.Compare(a.Flags, b.Flags), cmp.Compare(a.MTU, b.MTU)) < 0
+}
