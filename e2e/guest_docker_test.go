@@ -154,7 +154,10 @@ func gdRunConnectDisconnect(t *testing.T, env *dockerenv.Env, img, net1, net2 st
 		if _, err := s.vm.Agent.WaitRoutes(ctx, 20*time.Millisecond, gdWantDefault(ep0.Gateway.String(), "eth0")); err != nil {
 			t.Fatal(err)
 		}
-		rm := gdCalls(sb, "RemoveInterface")
+		rm, err := sb.WaitCalls(ctx, "RemoveInterface", 1)
+		if err != nil {
+			t.Fatal(err)
+		}
 		if len(rm) != 1 || rm[0].Err != nil || rm[0].Swallowed != nil {
 			t.Fatalf("RemoveInterface calls = %+v, want one that detached cleanly", rm)
 		}

@@ -249,13 +249,15 @@ func (d *demo) main() {
 	})
 	d.must(err, "eth1 unplugged from the guest")
 	p.ok("eth1 is gone from the guest, %v after disconnect", time.Since(t0).Round(time.Millisecond))
-	if rm := d.calls("RemoveInterface"); len(rm) > 0 {
-		c := rm[len(rm)-1]
-		if c.Err != nil || c.Swallowed != nil {
-			d.r.Fatalf("RemoveInterface(eth1): %v %v", c.Err, c.Swallowed)
-		}
-		p.ok("unplug of eth1: %s", phases(c))
+	// The guest loses eth1 at device_del; the call returns after netdev_del
+	// and the tc and tap removal, so wait for it.
+	rm, err := d.sb.WaitCalls(d.waitCtx(), "RemoveInterface", 1)
+	d.must(err, "RemoveInterface(eth1) returned")
+	c := rm[len(rm)-1]
+	if c.Err != nil || c.Swallowed != nil {
+		d.r.Fatalf("RemoveInterface(eth1): %v %v", c.Err, c.Swallowed)
 	}
+	p.ok("unplug of eth1: %s", phases(c))
 	d.waitDefault(ep0.Gateway.String(), "eth0")
 	d.reach(ep0.IPAddress.String(), "eth0")
 	if l := strings.ToLower(vm.QEMULog()); strings.Contains(l, "tap") || strings.Contains(l, "tun") {

@@ -114,8 +114,9 @@ type Sandbox struct {
 	busyPorts map[string]string // root port id -> device id
 	fdSeq     int
 
-	logMu sync.Mutex
-	calls []Call
+	logMu    sync.Mutex
+	calls    []Call
+	recorded chan struct{} // closed and replaced on every recorded call
 }
 
 var _ hotplug.Sandbox = (*Sandbox)(nil)
@@ -143,7 +144,7 @@ func New(vm *guest.VM, opts Options) (*Sandbox, error) {
 		ns.Close()
 		return nil, fmt.Errorf("katasim: netlink handle in %s: %w", opts.NetNS, err)
 	}
-	return &Sandbox{vm: vm, opts: opts, ns: ns, handle: h, busyPorts: map[string]string{}}, nil
+	return &Sandbox{vm: vm, opts: opts, ns: ns, handle: h, busyPorts: map[string]string{}, recorded: make(chan struct{})}, nil
 }
 
 // Close releases the netlink handle and the netns handle. It detaches
@@ -183,10 +184,38 @@ func (s *Sandbox) Endpoints() []Endpoint {
 	return out
 }
 
+// WaitCalls waits until n calls of method have returned and returns them.
+// A guest-side effect (a NIC gone) can be visible before the call that
+// caused it returns (netdev_del and the tc and tap removal come after), so
+// tests that look at a call wait for it here.
+func (s *Sandbox) WaitCalls(ctx context.Context, method string, n int) ([]Call, error) {
+	for {
+		s.logMu.Lock()
+		var got []Call
+		for _, c := range s.calls {
+			if c.Method == method {
+				got = append(got, c)
+			}
+		}
+		wake := s.recorded
+		s.logMu.Unlock()
+		if len(got) >= n {
+			return got, nil
+		}
+		select {
+		case <-wake:
+		case <-ctx.Done():
+			return got, fmt.Errorf("waiting for %d %s calls (have %d): %w", n, method, len(got), ctx.Err())
+		}
+	}
+}
+
 func (s *Sandbox) record(c *Call) {
 	c.Took = time.Since(c.Start)
 	s.logMu.Lock()
 	s.calls = append(s.calls, *c)
+	close(s.recorded)
+	s.recorded = make(chan struct{})
 	s.logMu.Unlock()
 }
 
