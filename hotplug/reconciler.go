@@ -781,15 +781,18 @@ func (r *Reconciler) call(ctx context.Context, op string, fn func(context.Contex
 		case <-done: // returned at the same moment: not abandoned
 		default:
 			r.hung = done
-			if ctx.Err() != nil {
-				// Stopping, not a hung sandbox: say so, or the log blames
-				// a deadline that never passed.
+			observed := ErrCallAbandoned
+			if cerr := ctx.Err(); cerr != nil {
+				// Stopping, not a hung sandbox: say so, and count it as
+				// canceled, or the log and the metric blame a deadline
+				// that never passed.
+				observed = cerr
 				r.log.WithField("op", op).Warnf("%s still running when the monitor stopped; abandoned after %v", op, r.now().Sub(start).Round(time.Millisecond))
 			} else {
 				r.log.WithField("op", op).Errorf("%s did not return within %v; abandoned (no further call until it returns)", op, r.cfg.CallTimeout)
 			}
 			if r.cfg.Observer != nil {
-				r.cfg.Observer.SandboxCall(op, r.now().Sub(start), ErrCallAbandoned)
+				r.cfg.Observer.SandboxCall(op, r.now().Sub(start), observed)
 			}
 			return fmt.Errorf("%s: %w", op, ErrCallAbandoned)
 		}

@@ -78,12 +78,14 @@ func TestNew(t *testing.T) {
 type recObserver struct {
 	mu       sync.Mutex
 	ops      []string
+	errs     []error
 	attached []int
 }
 
-func (o *recObserver) SandboxCall(op string, _ time.Duration, _ error) {
+func (o *recObserver) SandboxCall(op string, _ time.Duration, err error) {
 	o.mu.Lock()
 	o.ops = append(o.ops, op)
+	o.errs = append(o.errs, err)
 	o.mu.Unlock()
 }
 
@@ -912,8 +914,9 @@ func TestRunCancelledWhileCallHangs(t *testing.T) {
 	sb := &hotplugtest.FakeSandbox{}
 	release := make(chan struct{})
 	blockingAdd(sb, "eth0", release)
+	obs := &recObserver{}
 	h := newHarness(t, sb, hotplugtest.NewFakeSource(hotplugtest.Endpoint(7, "eth0", macA, "172.18.0.2/16")),
-		func(c *hotplug.Config) { c.CallTimeout = time.Minute })
+		func(c *hotplug.Config) { c.CallTimeout, c.Observer = time.Minute, obs })
 	h.realClock()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -927,6 +930,18 @@ func TestRunCancelledWhileCallHangs(t *testing.T) {
 	if d := time.Since(start); d > time.Second {
 		t.Errorf("Run took %v to return after cancel", d)
 	}
+	// Abandoned by the cancel, a minute before its deadline: logged and
+	// counted as such, not as a call that outlived its deadline.
+	h.wantLogged(logrus.WarnLevel, "AddInterface still running when the monitor stopped")
+	if h.logged(logrus.ErrorLevel, "did not return within") {
+		t.Error("the log blames a deadline that never passed")
+	}
+	obs.mu.Lock()
+	i := slices.Index(obs.ops, opAdd)
+	if i < 0 || !errors.Is(obs.errs[i], context.Canceled) {
+		t.Errorf("observed calls %v with errors %v, want AddInterface canceled", obs.ops, obs.errs)
+	}
+	obs.mu.Unlock()
 	releaseHung(t, h.r, release)
 }
 
