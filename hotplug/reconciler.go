@@ -781,14 +781,20 @@ func (r *Reconciler) call(ctx context.Context, op string, fn func(context.Contex
 		case <-done: // returned at the same moment: not abandoned
 		default:
 			r.hung = done
+			// The caller's context ended first (Stop, or the deadline of
+			// Start's first reconcile): say which, and count it as
+			// canceled or timeout, or the log and the metric blame a
+			// CallTimeout that never passed.
 			observed := ErrCallAbandoned
-			if cerr := ctx.Err(); cerr != nil {
-				// Stopping, not a hung sandbox: say so, and count it as
-				// canceled, or the log and the metric blame a deadline
-				// that never passed.
+			took := r.now().Sub(start).Round(time.Millisecond)
+			switch cerr := ctx.Err(); {
+			case errors.Is(cerr, context.Canceled):
 				observed = cerr
-				r.log.WithField("op", op).Warnf("%s still running when the monitor stopped; abandoned after %v", op, r.now().Sub(start).Round(time.Millisecond))
-			} else {
+				r.log.WithField("op", op).Warnf("%s still running when the monitor stopped; abandoned after %v", op, took)
+			case cerr != nil:
+				observed = cerr
+				r.log.WithField("op", op).Warnf("%s still running when its caller's deadline passed (the first reconcile's ReadyTimeout); abandoned after %v (no further call until it returns)", op, took)
+			default:
 				r.log.WithField("op", op).Errorf("%s did not return within %v; abandoned (no further call until it returns)", op, r.cfg.CallTimeout)
 			}
 			if r.cfg.Observer != nil {

@@ -945,6 +945,36 @@ func TestRunCancelledWhileCallHangs(t *testing.T) {
 	releaseHung(t, h.r, release)
 }
 
+// A call still running when the caller's own deadline passes (Start's
+// first reconcile, bounded by ReadyTimeout) is abandoned then, and the log
+// and the outcome name that deadline, not CallTimeout.
+func TestCallerDeadlineWhileCallHangs(t *testing.T) {
+	sb := &hotplugtest.FakeSandbox{}
+	release := make(chan struct{})
+	blockingAdd(sb, "eth0", release)
+	obs := &recObserver{}
+	h := newHarness(t, sb, hotplugtest.NewFakeSource(hotplugtest.Endpoint(7, "eth0", macA, "172.18.0.2/16")),
+		func(c *hotplug.Config) { c.CallTimeout, c.Observer = time.Minute, obs })
+	h.realClock()
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	st, _ := h.r.Reconcile(ctx)
+	if hotplug.HungCall(h.r) == nil || !slices.Equal(st.Failed, []string{"eth0"}) {
+		t.Fatalf("status %+v, want eth0 failed and a hung call", st)
+	}
+	h.wantLogged(logrus.WarnLevel, "AddInterface still running when its caller's deadline passed")
+	if h.logged(logrus.ErrorLevel, "did not return within") {
+		t.Error("the log blames CallTimeout, a minute away")
+	}
+	obs.mu.Lock()
+	i := slices.Index(obs.ops, opAdd)
+	if i < 0 || !errors.Is(obs.errs[i], context.DeadlineExceeded) {
+		t.Errorf("observed calls %v with errors %v, want AddInterface past its caller's deadline", obs.ops, obs.errs)
+	}
+	obs.mu.Unlock()
+	releaseHung(t, h.r, release)
+}
+
 // While a call hangs, nothing can be done: Run must sleep until it returns,
 // not wake on the (past) retry time every millisecond.
 func TestRunDoesNotSpinWhileCallHangs(t *testing.T) {
