@@ -911,13 +911,7 @@ func TestAbandonedListReturnsLate(t *testing.T) {
 }
 
 func TestRunCancelledWhileCallHangs(t *testing.T) {
-	sb := &hotplugtest.FakeSandbox{}
-	release := make(chan struct{})
-	blockingAdd(sb, "eth0", release)
-	obs := &recObserver{}
-	h := newHarness(t, sb, hotplugtest.NewFakeSource(hotplugtest.Endpoint(7, "eth0", macA, "172.18.0.2/16")),
-		func(c *hotplug.Config) { c.CallTimeout, c.Observer = time.Minute, obs })
-	h.realClock()
+	h, sb, obs, release := hungAdd(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	errc := h.run(ctx)
@@ -930,18 +924,9 @@ func TestRunCancelledWhileCallHangs(t *testing.T) {
 	if d := time.Since(start); d > time.Second {
 		t.Errorf("Run took %v to return after cancel", d)
 	}
-	// Abandoned by the cancel, a minute before its deadline: logged and
-	// counted as such, not as a call that outlived its deadline.
-	h.wantLogged(logrus.WarnLevel, "AddInterface still running when the monitor stopped")
-	if h.logged(logrus.ErrorLevel, "did not return within") {
-		t.Error("the log blames a deadline that never passed")
-	}
-	obs.mu.Lock()
-	i := slices.Index(obs.ops, opAdd)
-	if i < 0 || !errors.Is(obs.errs[i], context.Canceled) {
-		t.Errorf("observed calls %v with errors %v, want AddInterface canceled", obs.ops, obs.errs)
-	}
-	obs.mu.Unlock()
+	// Abandoned by the cancel, a minute before CallTimeout: logged and
+	// counted as such, not as a call that outlived CallTimeout.
+	wantAbandonedBy(t, h, obs, "AddInterface still running when the monitor stopped", context.Canceled)
 	releaseHung(t, h.r, release)
 }
 
@@ -949,6 +934,20 @@ func TestRunCancelledWhileCallHangs(t *testing.T) {
 // first reconcile, bounded by ReadyTimeout) is abandoned then, and the log
 // and the outcome name that deadline, not CallTimeout.
 func TestCallerDeadlineWhileCallHangs(t *testing.T) {
+	h, _, obs, release := hungAdd(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	st, _ := h.r.Reconcile(ctx)
+	if hotplug.HungCall(h.r) == nil || !slices.Equal(st.Failed, []string{"eth0"}) {
+		t.Fatalf("status %+v, want eth0 failed and a hung call", st)
+	}
+	wantAbandonedBy(t, h, obs, "AddInterface still running when its caller's deadline passed", context.DeadlineExceeded)
+	releaseHung(t, h.r, release)
+}
+
+// hungAdd: a reconciler (real clock, CallTimeout a minute) whose
+// AddInterface of eth0 blocks until release is closed.
+func hungAdd(t *testing.T) (*harness, *hotplugtest.FakeSandbox, *recObserver, chan struct{}) {
 	sb := &hotplugtest.FakeSandbox{}
 	release := make(chan struct{})
 	blockingAdd(sb, "eth0", release)
@@ -956,23 +955,22 @@ func TestCallerDeadlineWhileCallHangs(t *testing.T) {
 	h := newHarness(t, sb, hotplugtest.NewFakeSource(hotplugtest.Endpoint(7, "eth0", macA, "172.18.0.2/16")),
 		func(c *hotplug.Config) { c.CallTimeout, c.Observer = time.Minute, obs })
 	h.realClock()
-	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
-	defer cancel()
-	st, _ := h.r.Reconcile(ctx)
-	if hotplug.HungCall(h.r) == nil || !slices.Equal(st.Failed, []string{"eth0"}) {
-		t.Fatalf("status %+v, want eth0 failed and a hung call", st)
-	}
-	h.wantLogged(logrus.WarnLevel, "AddInterface still running when its caller's deadline passed")
+	return h, sb, obs, release
+}
+
+// wantAbandonedBy: the abandoned AddInterface was logged with msg (a
+// warning, never the CallTimeout error) and observed with want.
+func wantAbandonedBy(t *testing.T, h *harness, obs *recObserver, msg string, want error) {
+	t.Helper()
+	h.wantLogged(logrus.WarnLevel, msg)
 	if h.logged(logrus.ErrorLevel, "did not return within") {
 		t.Error("the log blames CallTimeout, a minute away")
 	}
 	obs.mu.Lock()
-	i := slices.Index(obs.ops, opAdd)
-	if i < 0 || !errors.Is(obs.errs[i], context.DeadlineExceeded) {
-		t.Errorf("observed calls %v with errors %v, want AddInterface past its caller's deadline", obs.ops, obs.errs)
+	defer obs.mu.Unlock()
+	if i := slices.Index(obs.ops, opAdd); i < 0 || !errors.Is(obs.errs[i], want) {
+		t.Errorf("observed calls %v with errors %v, want AddInterface with %v", obs.ops, obs.errs, want)
 	}
-	obs.mu.Unlock()
-	releaseHung(t, h.r, release)
 }
 
 // While a call hangs, nothing can be done: Run must sleep until it returns,
