@@ -162,6 +162,11 @@ func gdRunConnectDisconnect(t *testing.T, env *dockerenv.Env, img, net1, net2 st
 			t.Fatalf("RemoveInterface calls = %+v, want one that detached cleanly", rm)
 		}
 		t.Logf("RemoveInterface(eth1) took %v: %s", rm[0].Took.Round(time.Millisecond), gdPhases(rm[0]))
+		// The monitor drops eth1 from its state after the call returns,
+		// then logs it: wait for the line before reading the state.
+		if _, err := gdWaitLog(ctx, mon.hook, logrus.InfoLevel, "detached endpoint"); err != nil {
+			t.Fatal(err)
+		}
 		if eps := sb.Endpoints(); len(eps) != 1 || eps[0].Name != "eth0" {
 			t.Errorf("sandbox endpoints = %+v, want eth0 only", eps)
 		}

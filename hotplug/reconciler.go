@@ -416,9 +416,11 @@ func (r *Reconciler) detachGone(ctx context.Context, snap *netmon.Snapshot) {
 		}
 		log := r.log.WithFields(logrus.Fields{"ifindex": a.Index, "ifname": a.Name, "mac": a.MAC})
 		if !r.caps.HotUnplugNIC {
-			log.WithField("reason", why).Warn("endpoint gone, but the hypervisor cannot hot-unplug NICs: the guest keeps a NIC with no backend")
 			r.stranded[a.MAC] = true
 			r.dropAttached(a.Index)
+			// Logged once the state says so: a reader acting on the line
+			// sees it in Attached too.
+			log.WithField("reason", why).Warn("endpoint gone, but the hypervisor cannot hot-unplug NICs: the guest keeps a NIC with no backend")
 			continue
 		}
 		f := r.detachFail[a.MAC]
