@@ -96,8 +96,8 @@ func gdRunConnectDisconnect(t *testing.T, env *dockerenv.Env, img, net1, net2 st
 		if got := mon.m.Attached(); !slices.Equal(got, []string{"eth0"}) {
 			t.Errorf("monitor attached %v, want [eth0]", got)
 		}
-		if add := gdCalls(sb, "AddInterface"); len(add) == 1 {
-			t.Logf("AddInterface(eth0) took %v: %s", add[0].Took.Round(time.Millisecond), gdPhases(add[0]))
+		if add := sb.CallsOf("AddInterface"); len(add) == 1 {
+			t.Logf("AddInterface(eth0) took %v: %s", add[0].Took.Round(time.Millisecond), add[0].PhasesString())
 		}
 		ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 		defer cancel()
@@ -161,7 +161,7 @@ func gdRunConnectDisconnect(t *testing.T, env *dockerenv.Env, img, net1, net2 st
 		if len(rm) != 1 || rm[0].Err != nil || rm[0].Swallowed != nil {
 			t.Fatalf("RemoveInterface calls = %+v, want one that detached cleanly", rm)
 		}
-		t.Logf("RemoveInterface(eth1) took %v: %s", rm[0].Took.Round(time.Millisecond), gdPhases(rm[0]))
+		t.Logf("RemoveInterface(eth1) took %v: %s", rm[0].Took.Round(time.Millisecond), rm[0].PhasesString())
 		// The monitor drops eth1 from its state after the call returns,
 		// then logs it: wait for the line before reading the state.
 		if _, err := gdWaitLog(ctx, mon.hook, logrus.InfoLevel, "detached endpoint"); err != nil {
@@ -205,7 +205,7 @@ func gdRefused(t *testing.T, env *dockerenv.Env, img, net1, net2, net3 string) {
 		} else {
 			t.Logf("Start said: %q", e.Message)
 		}
-		if calls := fc.Calls(); len(gdCalls(fc, "AddInterface")) != 0 || len(gdCalls(fc, "Capabilities")) == 0 {
+		if calls := fc.Calls(); len(fc.CallsOf("AddInterface")) != 0 || len(fc.CallsOf("Capabilities")) == 0 {
 			t.Errorf("sandbox calls: %+v, want Capabilities only", calls)
 		}
 		infs, err := s.vm.Agent.ListInterfaces(ctx)
@@ -260,7 +260,7 @@ func gdRefused(t *testing.T, env *dockerenv.Env, img, net1, net2, net3 string) {
 		if got := mon.m.Attached(); !slices.Equal(got, []string{"eth0"}) {
 			t.Errorf("monitor attached %v, want [eth0]", got)
 		}
-		if n := len(gdCalls(clh, "RemoveInterface")); n != 0 {
+		if n := len(clh.CallsOf("RemoveInterface")); n != 0 {
 			t.Errorf("%d RemoveInterface calls to a sandbox that cannot unplug", n)
 		}
 

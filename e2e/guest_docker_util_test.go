@@ -23,7 +23,6 @@ import (
 	"github.com/kata-netmon/kata-netmon/e2e/internal/dockerenv"
 	"github.com/kata-netmon/kata-netmon/e2e/internal/guest"
 	"github.com/kata-netmon/kata-netmon/e2e/internal/guest/guestproto"
-	"github.com/kata-netmon/kata-netmon/e2e/internal/katasim"
 	"github.com/kata-netmon/kata-netmon/hotplug"
 	"github.com/kata-netmon/kata-netmon/shimhook"
 )
@@ -287,28 +286,6 @@ func gdAssertQEMUQuiet(t *testing.T, vm *guest.VM) {
 	if l := strings.ToLower(vm.QEMULog()); strings.Contains(l, "tap") || strings.Contains(l, "tun") {
 		t.Errorf("QEMU logged a tun/tap error:\n%s", vm.QEMULog())
 	}
-}
-
-// gdCalls returns the sandbox's calls of one method.
-func gdCalls(sb *katasim.Sandbox, method string) []katasim.Call {
-	var out []katasim.Call
-	for _, c := range sb.Calls() {
-		if c.Method == method {
-			out = append(out, c)
-		}
-	}
-	return out
-}
-
-func gdPhases(c katasim.Call) string {
-	var b strings.Builder
-	for i, p := range c.Phases {
-		if i > 0 {
-			b.WriteString(", ")
-		}
-		fmt.Fprintf(&b, "%s %v", p.Name, p.Took.Round(100*time.Microsecond))
-	}
-	return b.String()
 }
 
 func gdRandHex(n int) string {

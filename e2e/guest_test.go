@@ -64,7 +64,7 @@ func TestGuestHotplugTraffic(t *testing.T) {
 		}
 		took := time.Since(start)
 		calls := sb.Calls()
-		t.Logf("AddInterface(%s) took %v: %s", inf.Name, took.Round(time.Millisecond), guestPhases(calls[len(calls)-1]))
+		t.Logf("AddInterface(%s) took %v: %s", inf.Name, took.Round(time.Millisecond), calls[len(calls)-1].PhasesString())
 		if res == nil || res.Name != inf.Name || res.HwAddr != inf.HwAddr || res.Mtu != inf.Mtu ||
 			len(res.IPAddresses) == 0 || res.IPAddresses[0].Address != inf.IPAddresses[0].Address {
 			t.Fatalf("AddInterface(%s) = %+v, want the guest NIC named %s with MAC %s and %s", inf.Name, res, inf.Name, inf.HwAddr, inf.IPAddresses[0].Address)
@@ -124,7 +124,7 @@ func TestGuestHotplugTraffic(t *testing.T) {
 		if last.Swallowed != nil {
 			t.Fatalf("RemoveInterface(%s): detach failed: %v", inf.Name, last.Swallowed)
 		}
-		t.Logf("RemoveInterface(%s) took %v: %s", inf.Name, time.Since(start).Round(time.Millisecond), guestPhases(last))
+		t.Logf("RemoveInterface(%s) took %v: %s", inf.Name, time.Since(start).Round(time.Millisecond), last.PhasesString())
 		guestAssertMirred(t, sbxH, inf.Name, false)
 		if _, err := sbxH.LinkByName(eps[i].TapName); err == nil {
 			t.Errorf("%s still exists after RemoveInterface(%s)", eps[i].TapName, inf.Name)
@@ -324,17 +324,6 @@ func guestHasRoute(rs []*hotplug.Route, dest, gw, dev string) bool {
 		}
 	}
 	return false
-}
-
-func guestPhases(c katasim.Call) string {
-	var b strings.Builder
-	for i, p := range c.Phases {
-		if i > 0 {
-			b.WriteString(", ")
-		}
-		fmt.Fprintf(&b, "%s %v", p.Name, p.Took.Round(100*time.Microsecond))
-	}
-	return b.String()
 }
 
 // guestReadTokenFrom connects to addr from the netns at nsPath and reads one

@@ -211,7 +211,7 @@ func (d *demo) main() {
 		}
 	})
 	p.ok("Start returned after %v with %v attached: the workload would start now", time.Since(t0).Round(time.Millisecond), d.mon.Attached())
-	if add := d.calls("AddInterface"); len(add) > 0 {
+	if add := d.sb.CallsOf("AddInterface"); len(add) > 0 {
 		p.ok("hot-plug of eth0: %s", phases(add[len(add)-1]))
 	}
 	infs, err = vm.Agent.ListInterfaces(d.ctx)
@@ -231,7 +231,7 @@ func (d *demo) main() {
 	})
 	d.must(err, "eth1 in the guest")
 	p.ok("guest configured: eth1 %s %v, %v after connect", ep1.MacAddress, ep1.IPv4Prefix(), time.Since(t0).Round(time.Millisecond))
-	if add := d.calls("AddInterface"); len(add) > 0 {
+	if add := d.sb.CallsOf("AddInterface"); len(add) > 0 {
 		p.ok("hot-plug of eth1: %s", phases(add[len(add)-1]))
 	}
 	d.reach(ep1.IPAddress.String(), "eth1")
@@ -322,16 +322,6 @@ func (d *demo) endpoint(network string) *dockerenv.Endpoint {
 	return ep
 }
 
-func (d *demo) calls(method string) []katasim.Call {
-	var out []katasim.Call
-	for _, c := range d.sb.Calls() {
-		if c.Method == method {
-			out = append(out, c)
-		}
-	}
-	return out
-}
-
 // reach serves a fresh random token in the guest and reads it from
 // dockerd's netns at ip: nothing listens in the container's own netns, so
 // the answer comes from the guest.
@@ -403,14 +393,5 @@ func describe(infs []*guestproto.Interface) string {
 }
 
 func phases(c katasim.Call) string {
-	var b strings.Builder
-	fmt.Fprintf(&b, "%v (", c.Took.Round(100*time.Microsecond))
-	for i, ph := range c.Phases {
-		if i > 0 {
-			b.WriteString(", ")
-		}
-		fmt.Fprintf(&b, "%s %v", ph.Name, ph.Took.Round(100*time.Microsecond))
-	}
-	b.WriteString(")")
-	return b.String()
+	return fmt.Sprintf("%v (%s)", c.Took.Round(100*time.Microsecond), c.PhasesString())
 }

@@ -38,6 +38,7 @@ import (
 	"os"
 	"regexp"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -173,6 +174,23 @@ func (s *Sandbox) Calls() []Call {
 	return append([]Call(nil), s.calls...)
 }
 
+// CallsOf returns copies of the returned calls of one method.
+func (s *Sandbox) CallsOf(method string) []Call {
+	s.logMu.Lock()
+	defer s.logMu.Unlock()
+	return s.callsOfLocked(method)
+}
+
+func (s *Sandbox) callsOfLocked(method string) []Call {
+	var out []Call
+	for _, c := range s.calls {
+		if c.Method == method {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
 // Endpoints returns copies of the endpoints the sandbox knows.
 func (s *Sandbox) Endpoints() []Endpoint {
 	s.mu.Lock()
@@ -191,12 +209,7 @@ func (s *Sandbox) Endpoints() []Endpoint {
 func (s *Sandbox) WaitCalls(ctx context.Context, method string, n int) ([]Call, error) {
 	for {
 		s.logMu.Lock()
-		var got []Call
-		for _, c := range s.calls {
-			if c.Method == method {
-				got = append(got, c)
-			}
-		}
+		got := s.callsOfLocked(method)
 		wake := s.recorded
 		s.logMu.Unlock()
 		if len(got) >= n {
@@ -217,6 +230,19 @@ func (s *Sandbox) record(c *Call) {
 	close(s.recorded)
 	s.recorded = make(chan struct{})
 	s.logMu.Unlock()
+}
+
+// PhasesString is the call's phases for a log line: "name took, ...",
+// rounded to 100 µs.
+func (c Call) PhasesString() string {
+	var b strings.Builder
+	for i, p := range c.Phases {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		fmt.Fprintf(&b, "%s %v", p.Name, p.Took.Round(100*time.Microsecond))
+	}
+	return b.String()
 }
 
 func (c *Call) phase(name string, since time.Time) time.Time {
