@@ -231,9 +231,11 @@ func (d *demo) main() {
 	})
 	d.must(err, "eth1 in the guest")
 	p.ok("guest configured: eth1 %s %v, %v after connect", ep1.MacAddress, ep1.IPv4Prefix(), time.Since(t0).Round(time.Millisecond))
-	if add := d.sb.CallsOf("AddInterface"); len(add) > 0 {
-		p.ok("hot-plug of eth1: %s", phases(add[len(add)-1]))
-	}
+	// The guest shows eth1 before AddInterface returns: wait for the
+	// second call, or the line would describe eth0's.
+	add, err := d.sb.WaitCalls(d.waitCtx(), "AddInterface", 2)
+	d.must(err, "AddInterface(eth1) returned")
+	p.ok("hot-plug of eth1: %s", phases(add[1]))
 	d.reach(ep1.IPAddress.String(), "eth1")
 	d.waitDefault(ep1.Gateway.String(), "eth1")
 
