@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kata-netmon/kata-netmon/netmon/view"
+
 	"github.com/opencontainers/runtime-spec/specs-go"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
@@ -262,7 +264,7 @@ type ftTee struct {
 
 var _ hotplug.Source = (*ftTee)(nil)
 
-func (s *ftTee) Snapshot() *netmon.Snapshot {
+func (s *ftTee) Snapshot() *view.Snapshot {
 	s.passes.Add(1)
 	return s.Monitor.Snapshot()
 }

@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kata-netmon/kata-netmon/netmon/view"
+
 	"github.com/vishvananda/netlink"
 	"go.uber.org/goleak"
 	"golang.org/x/sys/unix"
@@ -364,7 +366,7 @@ func (s *replayTee) run() {
 }
 
 // waitView waits until cond holds for the monitor's view.
-func (s *replayTee) waitView(t *testing.T, timeout time.Duration, what string, cond func(*netmon.Snapshot) bool) *netmon.Snapshot {
+func (s *replayTee) waitView(t *testing.T, timeout time.Duration, what string, cond func(*view.Snapshot) bool) *view.Snapshot {
 	t.Helper()
 	deadline := time.NewTimer(timeout)
 	defer deadline.Stop()
@@ -387,8 +389,8 @@ func (s *replayTee) waitView(t *testing.T, timeout time.Duration, what string, c
 }
 
 // replayLinkState is a waitView condition on the link named name.
-func replayLinkState(name string, cond func(*netmon.Link) bool) func(*netmon.Snapshot) bool {
-	return func(s *netmon.Snapshot) bool {
+func replayLinkState(name string, cond func(*view.Link) bool) func(*view.Snapshot) bool {
+	return func(s *view.Snapshot) bool {
 		l := s.LinkByName(name)
 		return l != nil && cond(l)
 	}

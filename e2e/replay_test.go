@@ -20,6 +20,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kata-netmon/kata-netmon/netmon/view"
+
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
@@ -312,11 +314,11 @@ func TestReplayNeverAttached(t *testing.T) {
 	// Wait until the monitor has seen all three in their final state,
 	// then add a real endpoint: once it is attached, the reconciler has
 	// had its chance at the others.
-	ready := func(l *netmon.Link) bool { return l.Up() && l.Running() && len(l.Addrs) > 0 }
-	snap := mon.waitView(t, replayTimeout, "tap, ifb and lone veth configured", func(s *netmon.Snapshot) bool {
+	ready := func(l *view.Link) bool { return l.Up() && l.Running() && len(l.Addrs) > 0 }
+	snap := mon.waitView(t, replayTimeout, "tap, ifb and lone veth configured", func(s *view.Snapshot) bool {
 		l := s.LinkByName("eth5")
 		return replayLinkState("tap0_kata", ready)(s) && replayLinkState(ifb.Name, ready)(s) &&
-			l != nil && ready(l) && l.Peer != nil && l.Peer.State == netmon.PeerResolved
+			l != nil && ready(l) && l.Peer != nil && l.Peer.State == view.PeerResolved
 	})
 	for _, name := range []string{"tap0_kata", ifb.Name, "eth5"} {
 		d := matcher.Classify(snap.LinkByName(name))
@@ -448,7 +450,7 @@ func TestReplayResync(t *testing.T) {
 	eth0 := e.replayDockerEndpoint(t, n1, "eth0", 2, 0, true)
 	eth1 := e.replayDockerEndpoint(t, n2, "eth1", 2, 0, false)
 	eth2 := e.replayDockerEndpoint(t, n2, "eth2", 3, 0, false)
-	mon.waitView(t, 30*time.Second, "a resync", func(s *netmon.Snapshot) bool { return s.Resyncs > 0 })
+	mon.waitView(t, 30*time.Second, "a resync", func(s *view.Snapshot) bool { return s.Resyncs > 0 })
 	// More changes while events keep being lost.
 	replayMoveDefault(t, e, eth0, eth1, n2.GW)
 	if err := e.Sandbox.LinkDel(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Index: eth2.Index}}); err != nil {

@@ -3,13 +3,13 @@ package hotplug
 import (
 	"strconv"
 
-	"github.com/kata-netmon/kata-netmon/netmon"
+	"github.com/kata-netmon/kata-netmon/netmon/view"
 )
 
 // InterfaceFromLink converts a link of the sandbox netns to the Interface
 // Kata's AddInterface takes. Link-local addresses are left out: the guest's
 // kernel makes its own, and Kata's agent would add a duplicate.
-func InterfaceFromLink(l *netmon.Link) *Interface {
+func InterfaceFromLink(l *view.Link) *Interface {
 	inf := &Interface{
 		Device:   l.Name,
 		Name:     l.Name,
@@ -41,7 +41,7 @@ func InterfaceFromLink(l *netmon.Link) *Interface {
 // RouteFromNetmon converts a route of the sandbox netns to Kata's form, with
 // device named as the guest knows it. A default route (prefix length 0) gets
 // an empty Dest: the agent does not parse "default" or "0.0.0.0/0".
-func RouteFromNetmon(r netmon.Route, device string) *Route {
+func RouteFromNetmon(r view.Route, device string) *Route {
 	out := &Route{
 		Device: device,
 		Scope:  uint32(r.Scope),
@@ -49,7 +49,7 @@ func RouteFromNetmon(r netmon.Route, device string) *Route {
 		Mtu:    uint32(r.MTU),
 		Family: FamilyV4,
 	}
-	if r.Family == netmon.FamilyV6 {
+	if r.Family == view.FamilyV6 {
 		out.Family = FamilyV6
 	}
 	if !r.Default() {

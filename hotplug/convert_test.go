@@ -6,20 +6,21 @@ import (
 	"reflect"
 	"testing"
 
+	"github.com/kata-netmon/kata-netmon/netmon/view"
+
 	"github.com/kata-netmon/kata-netmon/hotplug"
 	"github.com/kata-netmon/kata-netmon/hotplug/hotplugtest"
-	"github.com/kata-netmon/kata-netmon/netmon"
 )
 
 func TestInterfaceFromLink(t *testing.T) {
 	tests := []struct {
 		name string
-		link func() *netmon.Link
+		link func() *view.Link
 		want *hotplug.Interface
 	}{
 		{
 			name: "IPv4 endpoint",
-			link: func() *netmon.Link {
+			link: func() *view.Link {
 				return hotplugtest.Endpoint(7, "eth0", "02:42:AC:12:00:02", "172.18.0.2/16")
 			},
 			want: &hotplug.Interface{
@@ -30,7 +31,7 @@ func TestInterfaceFromLink(t *testing.T) {
 		},
 		{
 			name: "dual stack, link-local addresses left out, custom MTU",
-			link: func() *netmon.Link {
+			link: func() *view.Link {
 				l := hotplugtest.Endpoint(8, "eth1", "5e:1f:00:aa:bb:cc",
 					"fe80::5c1f:ff:feaa:bbcc/64", "10.10.0.5/24", "169.254.3.4/16", "fd00:dead::5/64")
 				l.MTU = 1450
@@ -47,7 +48,7 @@ func TestInterfaceFromLink(t *testing.T) {
 		},
 		{
 			name: "host address /32 and /128",
-			link: func() *netmon.Link {
+			link: func() *view.Link {
 				return hotplugtest.Endpoint(9, "eth2", "02:00:00:00:00:09", "192.0.2.9/32", "2001:db8::9/128")
 			},
 			want: &hotplug.Interface{
@@ -61,10 +62,10 @@ func TestInterfaceFromLink(t *testing.T) {
 		},
 		{
 			name: "macvlan keeps its kind; no address; invalid prefix skipped",
-			link: func() *netmon.Link {
+			link: func() *view.Link {
 				l := hotplugtest.Endpoint(10, "eth3", "02:00:00:00:00:0a")
 				l.Kind = "macvlan"
-				l.Addrs = []netmon.Addr{{}}
+				l.Addrs = []view.Addr{{}}
 				return l
 			},
 			want: &hotplug.Interface{
@@ -84,17 +85,17 @@ func TestInterfaceFromLink(t *testing.T) {
 }
 
 func TestRouteFromNetmon(t *testing.T) {
-	withSrc := func(r netmon.Route, src string) netmon.Route {
+	withSrc := func(r view.Route, src string) view.Route {
 		r.Src = netip.MustParseAddr(src)
 		return r
 	}
-	withMeta := func(r netmon.Route) netmon.Route {
+	withMeta := func(r view.Route) view.Route {
 		r.Scope, r.Flags, r.MTU = 253, 4, 1400
 		return r
 	}
 	tests := []struct {
 		name   string
-		route  netmon.Route
+		route  view.Route
 		device string
 		want   hotplug.Route
 	}{

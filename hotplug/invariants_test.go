@@ -12,10 +12,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kata-netmon/kata-netmon/netmon/view"
+
 	"github.com/kata-netmon/kata-netmon/hotplug"
 	"github.com/kata-netmon/kata-netmon/hotplug/hotplugtest"
 	"github.com/kata-netmon/kata-netmon/matcher"
-	"github.com/kata-netmon/kata-netmon/netmon"
 )
 
 var errInjected = errors.New("injected failure")
@@ -138,7 +139,7 @@ func (m *model) newMAC() string {
 }
 
 // freeEth returns the lowest ethN not taken, as Docker picks it.
-func freeEth(s *netmon.Snapshot) string {
+func freeEth(s *view.Snapshot) string {
 	for n := 0; ; n++ {
 		if name := fmt.Sprintf("eth%d", n); s.LinkByName(name) == nil {
 			return name
@@ -147,7 +148,7 @@ func freeEth(s *netmon.Snapshot) string {
 }
 
 // pick returns a random endpoint index of s, or 0.
-func (m *model) pick(s *netmon.Snapshot) int {
+func (m *model) pick(s *view.Snapshot) int {
 	var idx []int
 	for i := range s.Links {
 		if i != 1 {
@@ -163,7 +164,7 @@ func (m *model) pick(s *netmon.Snapshot) int {
 
 func (m *model) mutate() {
 	op := m.intn(8)
-	m.src.Update(func(s *netmon.Snapshot) {
+	m.src.Update(func(s *view.Snapshot) {
 		switch op {
 		case 0, 1: // docker network connect: a ready endpoint
 			m.nextIndex++
@@ -190,7 +191,7 @@ func (m *model) mutate() {
 				l := s.Links[i]
 				hotplugtest.SetUp(l)
 				if len(l.Addrs) == 0 {
-					l.Addrs = []netmon.Addr{hotplugtest.Addr(fmt.Sprintf("10.%d.0.2/24", i))}
+					l.Addrs = []view.Addr{hotplugtest.Addr(fmt.Sprintf("10.%d.0.2/24", i))}
 				}
 				if l.Peer == nil {
 					fresh := hotplugtest.Endpoint(i, l.Name, l.MAC.String())
@@ -322,7 +323,7 @@ func runModel(t *testing.T, seed uint64, steps int, unplug, hangs bool) {
 	if hung := hotplug.HungCall(m.h.r); hung != nil {
 		<-hung
 	}
-	src.Update(func(s *netmon.Snapshot) {
+	src.Update(func(s *view.Snapshot) {
 		for i, l := range s.Links {
 			if i != 1 && matcher.Classify(l).State != matcher.Ready && m.everReady[l.MAC.String()] {
 				delete(s.Links, i)

@@ -12,17 +12,19 @@ import (
 	"sync"
 	"time"
 
+	"github.com/kata-netmon/kata-netmon/netmon/view"
+
 	"github.com/sirupsen/logrus"
 
 	"github.com/kata-netmon/kata-netmon/matcher"
-	"github.com/kata-netmon/kata-netmon/netmon"
 )
 
 // Source is what the reconciler needs of netmon: the view, a signal that it
 // changed, a fresh by-name lookup (Kata looks links up by name, and names are
-// reused), and the end of the watch. *netmon.Monitor satisfies it.
+// reused), and the end of the watch. *netmon.Monitor satisfies it. Once Done
+// is closed, LinkByName may fail: the watch no longer answers.
 type Source interface {
-	Snapshot() *netmon.Snapshot
+	Snapshot() *view.Snapshot
 	Changed() <-chan struct{}
 	LinkByName(name string) (index int, mac net.HardwareAddr, err error)
 	Done() <-chan struct{}
@@ -268,7 +270,7 @@ func (r *Reconciler) Reconcile(ctx context.Context) (Status, error) {
 	r.detachGone(ctx, snap)
 	r.dropOrphans(ctx, snap)
 
-	var ready []*netmon.Link
+	var ready []*view.Link
 	for _, d := range matcher.Endpoints(snap) {
 		switch d.State {
 		case matcher.Pending:
@@ -317,7 +319,7 @@ func (r *Reconciler) Reconcile(ctx context.Context) (Status, error) {
 // second link with that MAC (two endpoints given the same --mac-address) is
 // neither attached (two NICs with one MAC: unplug and configuration would
 // pick either) nor adopted (routes would name a device the guest lacks).
-func (r *Reconciler) macTaken(l *netmon.Link) *matcher.Attached {
+func (r *Reconciler) macTaken(l *view.Link) *matcher.Attached {
 	mac := l.MAC.String()
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -333,7 +335,7 @@ func (r *Reconciler) macTaken(l *netmon.Link) *matcher.Attached {
 // knows by l's name, or nil: after docker network disconnect and connect,
 // the new endpoint reuses the name (eth1) of one whose detach may still be
 // failing.
-func (r *Reconciler) nameTaken(l *netmon.Link) *matcher.Attached {
+func (r *Reconciler) nameTaken(l *view.Link) *matcher.Attached {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for _, a := range r.attached {
@@ -408,7 +410,7 @@ func IsDead(err error) bool {
 }
 
 // detachGone unplugs what the matcher says is gone, by MAC.
-func (r *Reconciler) detachGone(ctx context.Context, snap *netmon.Snapshot) {
+func (r *Reconciler) detachGone(ctx context.Context, snap *view.Snapshot) {
 	for _, a := range r.Attached() {
 		gone, why := matcher.Gone(a, snap)
 		if !gone {
@@ -458,7 +460,7 @@ func (r *Reconciler) detachGone(ctx context.Context, snap *netmon.Snapshot) {
 // AddInterface may have left in the guest, once no link of the view carries
 // their MAC any more (while one does, its retry adopts or re-attaches it).
 // It checks the guest first: most failed attaches plugged nothing.
-func (r *Reconciler) dropOrphans(ctx context.Context, snap *netmon.Snapshot) {
+func (r *Reconciler) dropOrphans(ctx context.Context, snap *view.Snapshot) {
 	var due []string
 	for mac := range r.unsure {
 		if linkWithMAC(snap, mac) {
@@ -515,7 +517,7 @@ func (r *Reconciler) dropOrphans(ctx context.Context, snap *netmon.Snapshot) {
 	}
 }
 
-func linkWithMAC(snap *netmon.Snapshot, mac string) bool {
+func linkWithMAC(snap *view.Snapshot, mac string) bool {
 	for _, l := range snap.Links {
 		if l.MAC.String() == mac {
 			return true
@@ -527,8 +529,8 @@ func linkWithMAC(snap *netmon.Snapshot, mac string) bool {
 // attachReady hot-plugs ready endpoints, each once. It first reads what the
 // sandbox already has, so an interface attached before the monitor started
 // (or by Kata's own rescan) is adopted rather than attached twice.
-func (r *Reconciler) attachReady(ctx context.Context, ready []*netmon.Link) {
-	var due []*netmon.Link
+func (r *Reconciler) attachReady(ctx context.Context, ready []*view.Link) {
+	var due []*view.Link
 	for _, l := range ready {
 		if r.stranded[l.MAC.String()] {
 			r.attachOne(ctx, l) // warns once; no call, so no ListInterfaces for it either
@@ -575,7 +577,7 @@ func (r *Reconciler) attachReady(ctx context.Context, ready []*netmon.Link) {
 	}
 }
 
-func (r *Reconciler) attachOne(ctx context.Context, l *netmon.Link) {
+func (r *Reconciler) attachOne(ctx context.Context, l *view.Link) {
 	mac := l.MAC.String()
 	log := r.log.WithFields(logrus.Fields{"ifindex": l.Index, "ifname": l.Name, "mac": mac})
 	if r.stranded[mac] {
@@ -618,7 +620,7 @@ func (r *Reconciler) attachOne(ctx context.Context, l *netmon.Link) {
 	// And right after: if the name moved to another link during the call,
 	// Kata may have plugged that one.
 	after := r.sameLink(l)
-	if after != nil && errors.Is(after, netmon.ErrClosed) {
+	if after != nil && closed(r.cfg.Source.Done()) {
 		// The netns watch was closed during the call (the monitor is
 		// stopping): the link can no longer be checked. Undoing would
 		// unplug a NIC that is most likely the right one from a running
@@ -663,7 +665,7 @@ func (r *Reconciler) attachOne(ctx context.Context, l *netmon.Link) {
 }
 
 // sameLink checks that l.Name still names ifindex l.Index with l.MAC.
-func (r *Reconciler) sameLink(l *netmon.Link) error {
+func (r *Reconciler) sameLink(l *view.Link) error {
 	idx, mac, err := r.cfg.Source.LinkByName(l.Name)
 	if err != nil {
 		return fmt.Errorf("look up %q: %w", l.Name, err)
@@ -677,7 +679,7 @@ func (r *Reconciler) sameLink(l *netmon.Link) error {
 // pushRoutes sends the full route set through attached devices when it
 // differs from the last set the VM accepted. Devices are named as the guest
 // knows them (their attach names), so no route names a device the VM lacks.
-func (r *Reconciler) pushRoutes(ctx context.Context, snap *netmon.Snapshot) {
+func (r *Reconciler) pushRoutes(ctx context.Context, snap *view.Snapshot) {
 	attached := r.Attached()
 	devices := make(map[int]bool, len(attached))
 	names := make(map[int]string, len(attached))
@@ -812,4 +814,14 @@ func (r *Reconciler) call(ctx context.Context, op string, fn func(context.Contex
 		return fmt.Errorf("%s: %w", op, err)
 	}
 	return nil
+}
+
+// closed reports whether ch is closed (it is never sent on).
+func closed(ch <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
 }

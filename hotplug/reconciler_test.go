@@ -12,12 +12,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kata-netmon/kata-netmon/netmon/view"
+
 	"github.com/sirupsen/logrus"
 
 	"github.com/kata-netmon/kata-netmon/hotplug"
 	"github.com/kata-netmon/kata-netmon/hotplug/hotplugtest"
 	"github.com/kata-netmon/kata-netmon/matcher"
-	"github.com/kata-netmon/kata-netmon/netmon"
 )
 
 func TestNew(t *testing.T) {
@@ -136,22 +137,22 @@ func TestReadyEndpointAttachedOnce(t *testing.T) {
 func TestNotReadyNeverAttached(t *testing.T) {
 	tests := []struct {
 		name        string
-		mutate      func(l *netmon.Link)
+		mutate      func(l *view.Link)
 		wantPending bool // else ignored
 	}{
-		{name: "down", mutate: func(l *netmon.Link) { hotplugtest.SetDown(l) }, wantPending: true},
-		{name: "up, not running yet", mutate: func(l *netmon.Link) { l.RawFlags = netmon.FlagUp }, wantPending: true},
-		{name: "no address yet", mutate: func(l *netmon.Link) { l.Addrs = nil }, wantPending: true},
-		{name: "only link-local addresses", mutate: func(l *netmon.Link) {
-			l.Addrs = []netmon.Addr{hotplugtest.Addr("fe80::1/64"), hotplugtest.Addr("169.254.1.1/16")}
+		{name: "down", mutate: func(l *view.Link) { hotplugtest.SetDown(l) }, wantPending: true},
+		{name: "up, not running yet", mutate: func(l *view.Link) { l.RawFlags = view.FlagUp }, wantPending: true},
+		{name: "no address yet", mutate: func(l *view.Link) { l.Addrs = nil }, wantPending: true},
+		{name: "only link-local addresses", mutate: func(l *view.Link) {
+			l.Addrs = []view.Addr{hotplugtest.Addr("fe80::1/64"), hotplugtest.Addr("169.254.1.1/16")}
 		}, wantPending: true},
-		{name: "peer not tied yet (just moved in)", mutate: func(l *netmon.Link) {
+		{name: "peer not tied yet (just moved in)", mutate: func(l *view.Link) {
 			l.Name, l.ParentIndex, l.LinkNetNSID, l.Peer = "veth1a2b3c4", 0, -1, nil
 		}, wantPending: true},
-		{name: "peer state untied", mutate: func(l *netmon.Link) { l.Peer.State = netmon.PeerUntied }, wantPending: true},
-		{name: "peer on no bridge", mutate: func(l *netmon.Link) { l.Peer.MasterIndex = 0 }},
-		{name: "peer in a foreign netns", mutate: func(l *netmon.Link) { l.Peer.State = netmon.PeerForeignNetNS }},
-		{name: "Kata's own tap", mutate: func(l *netmon.Link) { l.Name, l.Kind = "tap0_kata", "tuntap" }},
+		{name: "peer state untied", mutate: func(l *view.Link) { l.Peer.State = view.PeerUntied }, wantPending: true},
+		{name: "peer on no bridge", mutate: func(l *view.Link) { l.Peer.MasterIndex = 0 }},
+		{name: "peer in a foreign netns", mutate: func(l *view.Link) { l.Peer.State = view.PeerForeignNetNS }},
+		{name: "Kata's own tap", mutate: func(l *view.Link) { l.Name, l.Kind = "tap0_kata", "tuntap" }},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -182,7 +183,7 @@ func TestNotReadyNeverAttached(t *testing.T) {
 func TestAdoptsWhatTheSandboxHas(t *testing.T) {
 	eth0 := hotplugtest.Endpoint(7, "eth0", macA, "172.18.0.2/16")
 	src := hotplugtest.NewFakeSource(hotplugtest.Loopback(), eth0)
-	src.Update(func(s *netmon.Snapshot) { s.Routes = []netmon.Route{hotplugtest.DefaultRoute("172.18.0.1", 7)} })
+	src.Update(func(s *view.Snapshot) { s.Routes = []view.Route{hotplugtest.DefaultRoute("172.18.0.1", 7)} })
 	sb := &hotplugtest.FakeSandbox{}
 	// Attached before the monitor started (Kata's own rescan), with the
 	// agent's upper-case spelling.
@@ -225,7 +226,7 @@ func TestStaleViewBeforeCall(t *testing.T) {
 
 	// The view catches up: 8 was moved out, 9 is eth1.
 	src.LinkByNameFn = nil
-	src.Update(func(s *netmon.Snapshot) {
+	src.Update(func(s *view.Snapshot) {
 		delete(s.Links, 8)
 		s.Links[9] = hotplugtest.Endpoint(9, "eth1", macC, "10.2.0.2/24")
 	})
@@ -392,7 +393,7 @@ func TestNoRetryScheduledForIdleFailures(t *testing.T) {
 		if st := h.reconcile(); st.NextRetry.IsZero() {
 			t.Fatalf("status %+v, want a retry", st)
 		}
-		src.Update(func(s *netmon.Snapshot) { hotplugtest.SetDown(s.Links[7]) })
+		src.Update(func(s *view.Snapshot) { hotplugtest.SetDown(s.Links[7]) })
 		h.clock.Advance(time.Hour)
 		st := h.reconcile()
 		if !st.NextRetry.IsZero() || !slices.Equal(st.Pending, []string{"eth0"}) {
@@ -407,11 +408,11 @@ func TestNoRetryScheduledForIdleFailures(t *testing.T) {
 		sb.RemoveInterfaceFn = func(context.Context, *hotplug.Interface) (*hotplug.Interface, error) {
 			return nil, errors.New("boom")
 		}
-		src.Update(func(s *netmon.Snapshot) { hotplugtest.SetDown(s.Links[7]).Name = "veth1234567" })
+		src.Update(func(s *view.Snapshot) { hotplugtest.SetDown(s.Links[7]).Name = "veth1234567" })
 		if st := h.reconcile(); st.NextRetry.IsZero() || len(st.Attached) != 1 {
 			t.Fatalf("status %+v, want eth0 still attached and a retry", st)
 		}
-		src.Update(func(s *netmon.Snapshot) { hotplugtest.SetUp(s.Links[7]).Name = "eth0" })
+		src.Update(func(s *view.Snapshot) { hotplugtest.SetUp(s.Links[7]).Name = "eth0" })
 		h.clock.Advance(time.Hour)
 		st := h.reconcile()
 		if !st.NextRetry.IsZero() || len(st.Attached) != 1 {
@@ -427,8 +428,8 @@ func twoEndpoints(t *testing.T, sb *hotplugtest.FakeSandbox, cfg ...func(*hotplu
 	src := hotplugtest.NewFakeSource(hotplugtest.Loopback(),
 		hotplugtest.Endpoint(7, "eth0", macA, "172.18.0.2/16"),
 		hotplugtest.Endpoint(8, "eth1", macB, "10.1.0.2/24"))
-	src.Update(func(s *netmon.Snapshot) {
-		s.Routes = []netmon.Route{
+	src.Update(func(s *view.Snapshot) {
+		s.Routes = []view.Route{
 			hotplugtest.KernelRoute("172.18.0.0/16", 7),
 			hotplugtest.KernelRoute("10.1.0.0/24", 8),
 			hotplugtest.DefaultRoute("172.18.0.1", 7),
@@ -445,14 +446,14 @@ func twoEndpoints(t *testing.T, sb *hotplugtest.FakeSandbox, cfg ...func(*hotplu
 
 // dropRoutesVia removes the routes through dev, as the kernel does when the
 // link goes down or leaves.
-func dropRoutesVia(s *netmon.Snapshot, dev int) {
-	s.Routes = slices.DeleteFunc(s.Routes, func(r netmon.Route) bool { return r.LinkIndex == dev })
+func dropRoutesVia(s *view.Snapshot, dev int) {
+	s.Routes = slices.DeleteFunc(s.Routes, func(r view.Route) bool { return r.LinkIndex == dev })
 }
 
 func TestDetach(t *testing.T) {
 	tests := []struct {
 		name       string
-		mutate     func(s *netmon.Snapshot)
+		mutate     func(s *view.Snapshot)
 		wantOps    []string
 		wantRemove []string
 		wantAdd    []string // AddInterface MACs after the setup's
@@ -461,7 +462,7 @@ func TestDetach(t *testing.T) {
 	}{
 		{
 			name:       "deleted or moved out",
-			mutate:     func(s *netmon.Snapshot) { delete(s.Links, 8); dropRoutesVia(s, 8) },
+			mutate:     func(s *view.Snapshot) { delete(s.Links, 8); dropRoutesVia(s, 8) },
 			wantOps:    ops(opRemove, opList, opRoutes),
 			wantRemove: []string{macB},
 			wantMACs:   []string{macA},
@@ -469,7 +470,7 @@ func TestDetach(t *testing.T) {
 		},
 		{
 			name: "disconnect: down and renamed",
-			mutate: func(s *netmon.Snapshot) {
+			mutate: func(s *view.Snapshot) {
 				hotplugtest.SetDown(s.Links[8]).Name = "veth1a2b3c4"
 				dropRoutesVia(s, 8)
 			},
@@ -480,7 +481,7 @@ func TestDetach(t *testing.T) {
 		},
 		{
 			name:       "MAC changed: unplug the old NIC, plug the new",
-			mutate:     func(s *netmon.Snapshot) { s.Links[8].MAC = hotplugtest.MAC(macC) },
+			mutate:     func(s *view.Snapshot) { s.Links[8].MAC = hotplugtest.MAC(macC) },
 			wantOps:    ops(opRemove, opList, opList, opAdd, opRoutes),
 			wantRemove: []string{macB},
 			wantAdd:    []string{macC},
@@ -492,17 +493,17 @@ func TestDetach(t *testing.T) {
 		},
 		{
 			name:     "merely down",
-			mutate:   func(s *netmon.Snapshot) { hotplugtest.SetDown(s.Links[8]) },
+			mutate:   func(s *view.Snapshot) { hotplugtest.SetDown(s.Links[8]) },
 			wantMACs: []string{macA, macB},
 		},
 		{
 			name:     "renamed while up",
-			mutate:   func(s *netmon.Snapshot) { s.Links[8].Name = "eth9" },
+			mutate:   func(s *view.Snapshot) { s.Links[8].Name = "eth9" },
 			wantMACs: []string{macA, macB},
 		},
 		{
 			name:     "peer facts unreadable (transient)",
-			mutate:   func(s *netmon.Snapshot) { s.Links[8].Peer.State, s.Links[8].Peer.Err = netmon.PeerError, "EBUSY" },
+			mutate:   func(s *view.Snapshot) { s.Links[8].Peer.State, s.Links[8].Peer.Err = view.PeerError, "EBUSY" },
 			wantMACs: []string{macA, macB},
 		},
 	}
@@ -550,7 +551,7 @@ func TestDetachUnverifiedWarns(t *testing.T) {
 	sb := &hotplugtest.FakeSandbox{}
 	h, src := twoEndpoints(t, sb)
 	sb.RemoveInterfaceFn = func(context.Context, *hotplug.Interface) (*hotplug.Interface, error) { return nil, nil }
-	src.Update(func(s *netmon.Snapshot) { delete(s.Links, 8); dropRoutesVia(s, 8) })
+	src.Update(func(s *view.Snapshot) { delete(s.Links, 8); dropRoutesVia(s, 8) })
 	st := h.reconcile()
 	h.wantLogged(logrus.WarnLevel, "still lists this MAC")
 	if got := attachedMACs(st.Attached); !slices.Equal(got, []string{macA}) {
@@ -569,7 +570,7 @@ func TestDetachFailureRetried(t *testing.T) {
 		}
 		return sb.GuestRemoveInterface(inf)
 	}
-	src.Update(func(s *netmon.Snapshot) { delete(s.Links, 8); dropRoutesVia(s, 8) })
+	src.Update(func(s *view.Snapshot) { delete(s.Links, 8); dropRoutesVia(s, 8) })
 	for i, backoff := range []time.Duration{time.Millisecond, 2 * time.Millisecond} {
 		st := h.reconcile()
 		if got := attachedMACs(st.Attached); !slices.Equal(got, []string{macA, macB}) || !st.NextRetry.Equal(h.clock.Now().Add(backoff)) {
@@ -592,7 +593,7 @@ func TestDetachFailureRetried(t *testing.T) {
 func TestNoUnplugCapability(t *testing.T) {
 	sb := &hotplugtest.FakeSandbox{Caps: &hotplug.Capabilities{HotplugNIC: true}}
 	h, src := twoEndpoints(t, sb)
-	src.Update(func(s *netmon.Snapshot) {
+	src.Update(func(s *view.Snapshot) {
 		hotplugtest.SetDown(s.Links[8]).Name = "veth1a2b3c4"
 		dropRoutesVia(s, 8)
 	})
@@ -607,7 +608,7 @@ func TestNoUnplugCapability(t *testing.T) {
 
 	// The same link comes back: its MAC is still in the guest; plugging it
 	// again would clash, adopting it would claim a NIC with a dead backend.
-	src.Update(func(s *netmon.Snapshot) {
+	src.Update(func(s *view.Snapshot) {
 		hotplugtest.SetUp(s.Links[8]).Name = "eth1"
 		s.Links[9] = hotplugtest.Endpoint(9, "eth2", macC, "10.3.0.2/24")
 	})
@@ -640,8 +641,8 @@ func TestRoutes(t *testing.T) {
 	eth0 := hotplugtest.Endpoint(7, "eth0", macA, "172.18.0.2/16", "fd00::2/64")
 	eth1 := hotplugtest.SetDown(hotplugtest.Endpoint(8, "eth1", macB, "10.1.0.2/24")) // pending
 	src := hotplugtest.NewFakeSource(hotplugtest.Loopback(), eth0, eth1)
-	src.Update(func(s *netmon.Snapshot) {
-		s.Routes = []netmon.Route{
+	src.Update(func(s *view.Snapshot) {
+		s.Routes = []view.Route{
 			hotplugtest.DefaultRoute("fd00::1", 7),
 			hotplugtest.DefaultRoute("172.18.0.1", 7),
 			hotplugtest.KernelRoute("172.18.0.0/16", 7),
@@ -664,13 +665,13 @@ func TestRoutes(t *testing.T) {
 	}
 
 	t.Run("unchanged routes are not pushed again", func(t *testing.T) {
-		src.Update(func(s *netmon.Snapshot) { s.Resyncs++ })
+		src.Update(func(s *view.Snapshot) { s.Resyncs++ })
 		if got := h.opsDuring(func() { h.reconcile() }); len(got) != 0 {
 			t.Errorf("calls %v", got)
 		}
 	})
 	t.Run("a new default gateway is pushed", func(t *testing.T) {
-		src.Update(func(s *netmon.Snapshot) { s.Routes[1] = hotplugtest.DefaultRoute("172.18.0.3", 7) })
+		src.Update(func(s *view.Snapshot) { s.Routes[1] = hotplugtest.DefaultRoute("172.18.0.3", 7) })
 		if got := h.opsDuring(func() { h.reconcile() }); !slices.Equal(got, ops(opRoutes)) {
 			t.Fatalf("calls %v", got)
 		}
@@ -683,7 +684,7 @@ func TestRoutes(t *testing.T) {
 		}
 	})
 	t.Run("devices keep their attach names", func(t *testing.T) {
-		src.Update(func(s *netmon.Snapshot) {
+		src.Update(func(s *view.Snapshot) {
 			s.Links[7].Name = "eth5" // renamed while up: not gone
 			s.Routes[1] = hotplugtest.DefaultRoute("172.18.0.4", 7)
 		})
@@ -715,7 +716,7 @@ func TestRoutesFailureRetried(t *testing.T) {
 		return sb.GuestUpdateRoutes(rs)
 	}
 	src := hotplugtest.NewFakeSource(hotplugtest.Endpoint(7, "eth0", macA, "172.18.0.2/16"))
-	src.Update(func(s *netmon.Snapshot) { s.Routes = []netmon.Route{hotplugtest.DefaultRoute("172.18.0.1", 7)} })
+	src.Update(func(s *view.Snapshot) { s.Routes = []view.Route{hotplugtest.DefaultRoute("172.18.0.1", 7)} })
 	h := newHarness(t, sb, src)
 	var st hotplug.Status
 	if got := h.opsDuring(func() { st = h.reconcile() }); !slices.Equal(got, ops(opList, opAdd, opRoutes)) {
@@ -769,10 +770,10 @@ func TestDeadSandbox(t *testing.T) {
 			h := newHarness(t, sb, src)
 			if strings.HasPrefix(tc.name, "RemoveInterface") {
 				h.reconcile()
-				src.Update(func(s *netmon.Snapshot) { delete(s.Links, 7) })
+				src.Update(func(s *view.Snapshot) { delete(s.Links, 7) })
 			}
 			if strings.HasPrefix(tc.name, "UpdateRoutes") {
-				src.Update(func(s *netmon.Snapshot) { s.Routes = []netmon.Route{hotplugtest.DefaultRoute("172.18.0.1", 7)} })
+				src.Update(func(s *view.Snapshot) { s.Routes = []view.Route{hotplugtest.DefaultRoute("172.18.0.1", 7)} })
 			}
 			tc.arm(sb, dead(tc.msg))
 			_, err := h.r.Reconcile(context.Background())
@@ -834,12 +835,12 @@ func TestHungCall(t *testing.T) {
 	blockingAdd(sb, "eth1", release)
 	h, src := func() (*harness, *hotplugtest.FakeSource) {
 		src := hotplugtest.NewFakeSource(hotplugtest.Endpoint(7, "eth0", macA, "172.18.0.2/16"))
-		src.Update(func(s *netmon.Snapshot) { s.Routes = []netmon.Route{hotplugtest.DefaultRoute("172.18.0.1", 7)} })
+		src.Update(func(s *view.Snapshot) { s.Routes = []view.Route{hotplugtest.DefaultRoute("172.18.0.1", 7)} })
 		return newHarness(t, sb, src, func(c *hotplug.Config) { c.CallTimeout = 50 * time.Millisecond }), src
 	}()
 	h.reconcile() // eth0 attached, routes pushed
 
-	src.Update(func(s *netmon.Snapshot) {
+	src.Update(func(s *view.Snapshot) {
 		s.Links[8] = hotplugtest.Endpoint(8, "eth1", macB, "10.1.0.2/24")
 		s.Routes = append(s.Routes, hotplugtest.StaticRoute("10.2.0.0/16", "10.1.0.1", 8))
 	})
@@ -855,7 +856,7 @@ func TestHungCall(t *testing.T) {
 
 	// While it hangs: nothing at all reaches the sandbox, whatever changes
 	// and however late it is.
-	src.Update(func(s *netmon.Snapshot) { s.Routes[0] = hotplugtest.DefaultRoute("172.18.0.3", 7) })
+	src.Update(func(s *view.Snapshot) { s.Routes[0] = hotplugtest.DefaultRoute("172.18.0.3", 7) })
 	h.clock.Advance(time.Hour)
 	for range 3 {
 		if got := h.opsDuring(func() { st = h.reconcile() }); len(got) != 0 {
@@ -1008,7 +1009,7 @@ func TestRunDoesNotSpinWhileCallHangs(t *testing.T) {
 
 func TestSync(t *testing.T) {
 	t.Run("no candidates: at once", func(t *testing.T) {
-		bridge := &netmon.Link{Index: 3, Name: "br0", Kind: "bridge", MAC: hotplugtest.MAC(macD), RawFlags: hotplugtest.UpRunning}
+		bridge := &view.Link{Index: 3, Name: "br0", Kind: "bridge", MAC: hotplugtest.MAC(macD), RawFlags: hotplugtest.UpRunning}
 		sb := &hotplugtest.FakeSandbox{}
 		h := newHarness(t, sb, hotplugtest.NewFakeSource(hotplugtest.Loopback(), bridge))
 		h.realClock()
@@ -1041,7 +1042,7 @@ func TestSync(t *testing.T) {
 			if _, err := sb.WaitCalls(opAdd, 1, waitLong); err != nil {
 				t.Error(err)
 			}
-			src.Update(func(s *netmon.Snapshot) { hotplugtest.SetUp(s.Links[8]) })
+			src.Update(func(s *view.Snapshot) { hotplugtest.SetUp(s.Links[8]) })
 		}()
 		ctx, cancel := context.WithTimeout(context.Background(), waitLong)
 		defer cancel()
@@ -1097,11 +1098,11 @@ func TestRun(t *testing.T) {
 		ctx, cancel := context.WithCancel(context.Background())
 		defer cancel()
 		errc := h.run(ctx)
-		src.Update(func(s *netmon.Snapshot) { s.Links[7] = hotplugtest.Endpoint(7, "eth0", macA, "172.18.0.2/16") })
+		src.Update(func(s *view.Snapshot) { s.Links[7] = hotplugtest.Endpoint(7, "eth0", macA, "172.18.0.2/16") })
 		waitCalls(t, sb, opAdd, 1)
-		src.Update(func(s *netmon.Snapshot) {
+		src.Update(func(s *view.Snapshot) {
 			s.Links[8] = hotplugtest.Endpoint(8, "eth1", macB, "10.1.0.2/24")
-			s.Routes = []netmon.Route{hotplugtest.DefaultRoute("172.18.0.1", 7)}
+			s.Routes = []view.Route{hotplugtest.DefaultRoute("172.18.0.1", 7)}
 		})
 		waitCalls(t, sb, opAdd, 2)
 		waitCalls(t, sb, opRoutes, 1)
@@ -1182,7 +1183,7 @@ func TestFailedAttachLeftoverUnplugged(t *testing.T) {
 			if st := h.reconcile(); !slices.Equal(st.Failed, []string{"eth1"}) {
 				t.Fatalf("status %+v, want eth1 failed", st)
 			}
-			src.Update(func(s *netmon.Snapshot) { delete(s.Links, 8) })
+			src.Update(func(s *view.Snapshot) { delete(s.Links, 8) })
 			var st hotplug.Status
 			if got := h.opsDuring(func() { st = h.reconcile() }); !slices.Equal(got, tc.wantOps) {
 				t.Fatalf("calls %v, want %v", got, tc.wantOps)
@@ -1220,7 +1221,7 @@ func TestNameReusedWhileDetachFails(t *testing.T) {
 		}
 		return sb.GuestRemoveInterface(inf)
 	}
-	src.Update(func(s *netmon.Snapshot) {
+	src.Update(func(s *view.Snapshot) {
 		delete(s.Links, 8)
 		dropRoutesVia(s, 8)
 		s.Links[9] = hotplugtest.Endpoint(9, "eth1", macC, "10.2.0.2/24")

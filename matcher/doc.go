@@ -3,7 +3,7 @@
 // whether each is ready to attach, when an attached one is gone, what to
 // ignore, and which routes the VM should get.
 //
-// Every function is pure: it reads a netmon.Snapshot and returns a value. No
+// Every function is pure: it reads a view.Snapshot and returns a value. No
 // netlink, no I/O, no clock. Names never decide anything: Docker's ifname
 // option can give an endpoint any name, "veth*" included.
 package matcher

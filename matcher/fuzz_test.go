@@ -11,8 +11,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/kata-netmon/kata-netmon/netmon/view"
+
 	"github.com/kata-netmon/kata-netmon/matcher"
-	"github.com/kata-netmon/kata-netmon/netmon"
 )
 
 // kinds the fuzzers pick from: the real ones and strings that must not pass
@@ -23,8 +24,8 @@ var fuzzKinds = []string{"veth", "macvlan", "tuntap", "macvtap", "ifb", "bridge"
 // fuzzAddrs decodes addresses from b: each starts with a control byte (bit 0:
 // IPv6; bit 1: an invalid prefix; bits 2-3: a prefix forced link-local,
 // 4in6-mapped or left as read), then 4 or 16 address bytes.
-func fuzzAddrs(b []byte) []netmon.Addr {
-	var out []netmon.Addr
+func fuzzAddrs(b []byte) []view.Addr {
+	var out []view.Addr
 	for len(b) > 0 && len(out) < 8 {
 		c := b[0]
 		b = b[1:]
@@ -58,7 +59,7 @@ func fuzzAddrs(b []byte) []netmon.Addr {
 		if c&2 != 0 {
 			p = netip.Prefix{}
 		}
-		out = append(out, netmon.Addr{Prefix: p, Scope: int(c >> 6)})
+		out = append(out, view.Addr{Prefix: p, Scope: int(c >> 6)})
 	}
 	return out
 }
@@ -76,16 +77,16 @@ func linkLocalSpec(a netip.Addr) bool {
 }
 
 // classifySpec is an independent statement of what Classify must decide.
-func classifySpec(l *netmon.Link) matcher.State {
-	if l.RawFlags&flagLoopback != 0 || l.Name == "lo" || strings.HasSuffix(l.Name, "_kata") ||
+func classifySpec(l *view.Link) matcher.State {
+	if l.RawFlags&view.FlagLoopback != 0 || l.Name == "lo" || strings.HasSuffix(l.Name, "_kata") ||
 		(l.Kind != "veth" && l.Kind != "macvlan") || len(l.MAC) != 6 {
 		return matcher.Ignored
 	}
 	p := l.Peer
-	if l.ParentIndex == 0 || p == nil || p.State == netmon.PeerUntied {
+	if l.ParentIndex == 0 || p == nil || p.State == view.PeerUntied {
 		return matcher.Pending
 	}
-	if p.State != netmon.PeerResolved || !p.Found {
+	if p.State != view.PeerResolved || !p.Found {
 		return matcher.Ignored
 	}
 	if l.Kind == "veth" && (p.Kind != "veth" || !p.PointsBack || p.MasterIndex == 0 || p.MasterKind != "bridge") {
@@ -95,13 +96,13 @@ func classifySpec(l *netmon.Link) matcher.State {
 	for _, a := range l.Addrs {
 		routable = routable || (a.Prefix.IsValid() && !linkLocalSpec(a.Prefix.Addr()))
 	}
-	if l.RawFlags&netmon.FlagUp != 0 && l.RawFlags&netmon.FlagRunning != 0 && routable {
+	if l.RawFlags&view.FlagUp != 0 && l.RawFlags&view.FlagRunning != 0 && routable {
 		return matcher.Ready
 	}
 	return matcher.Pending
 }
 
-func cloneLink(l *netmon.Link) *netmon.Link {
+func cloneLink(l *view.Link) *view.Link {
 	c := *l
 	c.MAC = slices.Clone(l.MAC)
 	c.Addrs = slices.Clone(l.Addrs)
@@ -124,13 +125,13 @@ func FuzzClassify(f *testing.F) {
 	f.Add(all, uint8(0), "eth0", mac, int32(57), int8(0), uint8(3), true, uint8(0), true, int8(3), uint8(3), ll)
 	f.Add(all, uint8(1), "eth1", mac, int32(2), int8(0), uint8(3), true, uint8(6), false, int8(0), uint8(0), v4)
 	f.Add(all, uint8(0), "tap9_kata", mac, int32(57), int8(0), uint8(3), true, uint8(0), true, int8(3), uint8(3), v4)
-	f.Add(all|0x8, uint8(6), "lo", []byte{0, 0, 0, 0, 0, 0}, int32(0), int8(-1), uint8(6), false, uint8(0), false, int8(0), uint8(0), []byte{0x80, 127, 0, 0, 1})
+	f.Add(all|view.FlagLoopback, uint8(6), "lo", []byte{0, 0, 0, 0, 0, 0}, int32(0), int8(-1), uint8(6), false, uint8(0), false, int8(0), uint8(0), []byte{0x80, 127, 0, 0, 1})
 	f.Add(uint32(0), uint8(0), "veth9f3e2a1", mac, int32(0), int8(-1), uint8(6), false, uint8(0), false, int8(0), uint8(0), []byte(nil))
-	f.Add(netmon.FlagUp, uint8(0), "eth0", mac, int32(57), int8(0), uint8(4), true, uint8(0), true, int8(3), uint8(3), v4)
+	f.Add(view.FlagUp, uint8(0), "eth0", mac, int32(57), int8(0), uint8(4), true, uint8(0), true, int8(3), uint8(3), v4)
 	f.Add(all, uint8(0), "eth0", mac, int32(57), int8(1), uint8(5), true, uint8(0), true, int8(3), uint8(3), v4)
 	f.Fuzz(func(t *testing.T, flags uint32, kindSel uint8, name string, mac []byte, parent int32, nsid int8,
 		peerSel uint8, found bool, peerKindSel uint8, pointsBack bool, master int8, masterKindSel uint8, addrBytes []byte) {
-		l := &netmon.Link{
+		l := &view.Link{
 			Index:       int(parent&0xff) + 1,
 			Name:        name,
 			Kind:        fuzzKinds[int(kindSel)%len(fuzzKinds)],
@@ -141,8 +142,8 @@ func FuzzClassify(f *testing.F) {
 			Addrs:       fuzzAddrs(addrBytes),
 		}
 		if ps := peerSel % 7; ps != 6 { // 5: a state out of range
-			l.Peer = &netmon.Peer{
-				State:       netmon.PeerState(ps),
+			l.Peer = &view.Peer{
+				State:       view.PeerState(ps),
 				Found:       found,
 				Name:        "p" + name,
 				Kind:        fuzzKinds[int(peerKindSel)%len(fuzzKinds)],
@@ -169,13 +170,13 @@ func FuzzClassify(f *testing.F) {
 				t.Fatalf("ready %q", l.Kind)
 			case !l.Up() || !l.Running():
 				t.Fatalf("ready but flags %#x", l.RawFlags)
-			case l.RawFlags&flagLoopback != 0 || l.Name == "lo" || strings.HasSuffix(l.Name, "_kata"):
+			case l.RawFlags&view.FlagLoopback != 0 || l.Name == "lo" || strings.HasSuffix(l.Name, "_kata"):
 				t.Fatalf("ready loopback or Kata link %q", l.Name)
-			case p == nil || p.State != netmon.PeerResolved || !p.Found || l.ParentIndex == 0:
+			case p == nil || p.State != view.PeerResolved || !p.Found || l.ParentIndex == 0:
 				t.Fatalf("ready with peer %+v, parent %d", p, l.ParentIndex)
 			case l.Kind == "veth" && (!p.PointsBack || p.MasterKind != "bridge" || p.MasterIndex == 0):
 				t.Fatalf("ready veth with peer %+v", p)
-			case !slices.ContainsFunc(l.Addrs, func(a netmon.Addr) bool { return a.Prefix.IsValid() && !a.LinkLocal() }):
+			case !slices.ContainsFunc(l.Addrs, func(a view.Addr) bool { return a.Prefix.IsValid() && !a.LinkLocal() }):
 				t.Fatalf("ready with addresses %v", l.Addrs)
 			}
 		}
@@ -193,8 +194,8 @@ func FuzzClassify(f *testing.F) {
 }
 
 // fuzzRoutes decodes 8 bytes per route.
-func fuzzRoutes(b []byte) []netmon.Route {
-	var out []netmon.Route
+func fuzzRoutes(b []byte) []view.Route {
+	var out []view.Route
 	for ; len(b) >= 8 && len(out) < 32; b = b[8:] {
 		v6 := b[0]&1 != 0
 		var a netip.Addr
@@ -230,9 +231,9 @@ func fuzzRoutes(b []byte) []netmon.Route {
 			}
 			dst = netip.PrefixFrom(a, bits)
 		}
-		fam := netmon.FamilyV4
+		fam := view.FamilyV4
 		if v6 {
-			fam = netmon.FamilyV6
+			fam = view.FamilyV6
 		}
 		var gw netip.Addr
 		switch b[7] % 4 {
@@ -243,8 +244,8 @@ func fuzzRoutes(b []byte) []netmon.Route {
 		case 3:
 			gw = netip.MustParseAddr("fe80::1")
 		}
-		table := []int{netmon.TableMain, netmon.TableMain, 255, 253, 0, int(b[5])}[b[5]%6]
-		out = append(out, netmon.Route{
+		table := []int{view.TableMain, view.TableMain, 255, 253, 0, int(b[5])}[b[5]%6]
+		out = append(out, view.Route{
 			Family:    fam,
 			Dst:       dst,
 			Gateway:   gw,
@@ -260,8 +261,8 @@ func fuzzRoutes(b []byte) []netmon.Route {
 	return out
 }
 
-func keepSpec(r netmon.Route, devices map[int]bool) bool {
-	return devices[r.LinkIndex] && r.Table == netmon.TableMain && r.Protocol != netmon.RouteProtoKernel &&
+func keepSpec(r view.Route, devices map[int]bool) bool {
+	return devices[r.LinkIndex] && r.Table == view.TableMain && r.Protocol != view.RouteProtoKernel &&
 		(r.Type == 0 || r.Type == 1) && r.Dst.IsValid() && !r.Dst.Addr().IsMulticast() &&
 		(r.Dst.Bits() == 0 || !linkLocalSpec(r.Dst.Addr()))
 }
@@ -279,24 +280,24 @@ func FuzzRoutes(f *testing.F) {
 			}
 		}
 		orig := slices.Clone(in)
-		got := matcher.Routes(&netmon.Snapshot{Routes: in}, devices)
+		got := matcher.Routes(&view.Snapshot{Routes: in}, devices)
 		if !slices.Equal(in, orig) {
 			t.Fatal("Routes modified the snapshot")
 		}
-		var kept []netmon.Route
+		var kept []view.Route
 		for _, r := range in {
 			if keepSpec(r, devices) {
 				kept = append(kept, r)
 			}
 		}
 		for _, r := range got {
-			if !devices[r.LinkIndex] || r.Table != netmon.TableMain || r.Protocol == netmon.RouteProtoKernel {
+			if !devices[r.LinkIndex] || r.Table != view.TableMain || r.Protocol == view.RouteProtoKernel {
 				t.Fatalf("kept %+v", r)
 			}
 		}
 		// Same multiset as the spec's filter.
-		key := func(r netmon.Route) string { return fmt.Sprint(r) }
-		count := func(rs []netmon.Route) map[string]int {
+		key := func(r view.Route) string { return fmt.Sprint(r) }
+		count := func(rs []view.Route) map[string]int {
 			m := map[string]int{}
 			for _, r := range rs {
 				m[key(r)]++
@@ -316,7 +317,7 @@ func FuzzRoutes(f *testing.F) {
 		// Deterministic: the order of the input does not matter.
 		shuffled := slices.Clone(in)
 		rand.New(rand.NewPCG(seed, 0)).Shuffle(len(shuffled), func(i, j int) { shuffled[i], shuffled[j] = shuffled[j], shuffled[i] })
-		if again := matcher.Routes(&netmon.Snapshot{Routes: shuffled}, devices); !slices.Equal(again, got) {
+		if again := matcher.Routes(&view.Snapshot{Routes: shuffled}, devices); !slices.Equal(again, got) {
 			t.Fatalf("shuffled input gives\n%v\nnot\n%v", again, got)
 		}
 	})
@@ -327,9 +328,9 @@ func FuzzRoutes(f *testing.F) {
 // hotplug.Reconciler does) run over its snapshots.
 type world struct {
 	t        *testing.T
-	links    map[int]*netmon.Link // by ifindex
-	slots    [4]int               // slot -> ifindex (0: empty)
-	next     int                  // next fresh ifindex (the kernel does not reuse them quickly)
+	links    map[int]*view.Link // by ifindex
+	slots    [4]int             // slot -> ifindex (0: empty)
+	next     int                // next fresh ifindex (the kernel does not reuse them quickly)
 	attached map[int]matcher.Attached
 	// moved records, per attached ifindex, whether since its attach the
 	// link was deleted, renamed, or got another MAC: only those may
@@ -352,8 +353,8 @@ func seqMAC(b byte) net.HardwareAddr {
 	}
 }
 
-func (w *world) snapshot() *netmon.Snapshot {
-	s := &netmon.Snapshot{Links: map[int]*netmon.Link{}}
+func (w *world) snapshot() *view.Snapshot {
+	s := &view.Snapshot{Links: map[int]*view.Link{}}
 	for i, l := range w.links {
 		s.Links[i] = cloneLink(l)
 	}
@@ -378,7 +379,7 @@ func (w *world) apply(op, slot, arg byte) {
 			idx = w.next
 			n := fmt.Sprintf("veth%07x", idx)
 			w.slots[slot%4] = idx
-			w.links[idx] = &netmon.Link{Index: idx, Name: n, Kind: "veth", MAC: seqMAC(arg), MTU: 1500, LinkNetNSID: -1}
+			w.links[idx] = &view.Link{Index: idx, Name: n, Kind: "veth", MAC: seqMAC(arg), MTU: 1500, LinkNetNSID: -1}
 		}
 		return
 	}
@@ -399,16 +400,16 @@ func (w *world) apply(op, slot, arg byte) {
 			l.Name = n
 		}
 	case 3:
-		l.RawFlags |= netmon.FlagUp
+		l.RawFlags |= view.FlagUp
 	case 4: // down: RUNNING and IPv6 addresses go with it (keep_addr_on_down=0)
-		l.RawFlags &^= netmon.FlagUp | netmon.FlagRunning | netmon.FlagLowerUp
-		l.Addrs = slices.DeleteFunc(l.Addrs, func(a netmon.Addr) bool { return a.Prefix.Addr().Is6() })
+		l.RawFlags &^= view.FlagUp | view.FlagRunning | view.FlagLowerUp
+		l.Addrs = slices.DeleteFunc(l.Addrs, func(a view.Addr) bool { return a.Prefix.Addr().Is6() })
 	case 5: // linkwatch: RUNNING only while up
 		if l.Up() {
-			l.RawFlags |= netmon.FlagRunning | netmon.FlagLowerUp
+			l.RawFlags |= view.FlagRunning | view.FlagLowerUp
 		}
 	case 6: // carrier lost
-		l.RawFlags &^= netmon.FlagRunning | netmon.FlagLowerUp
+		l.RawFlags &^= view.FlagRunning | view.FlagLowerUp
 	case 7:
 		a := []string{"172.18.0.%d/16", "2001:db8::%x/64", "fe80::%x/64", "169.254.0.%d/16"}[arg%4]
 		l.Addrs = append(l.Addrs, addr(fmt.Sprintf(a, arg/4+1)))
@@ -434,11 +435,11 @@ func (w *world) apply(op, slot, arg byte) {
 	case 12: // peer facts change
 		switch arg % 5 {
 		case 0:
-			l.Peer = &netmon.Peer{State: netmon.PeerForeignNetNS}
+			l.Peer = &view.Peer{State: view.PeerForeignNetNS}
 		case 1:
-			l.Peer = &netmon.Peer{State: netmon.PeerError, Err: "EBADF"}
+			l.Peer = &view.Peer{State: view.PeerError, Err: "EBADF"}
 		case 2:
-			l.Peer = &netmon.Peer{State: netmon.PeerUntied}
+			l.Peer = &view.Peer{State: view.PeerUntied}
 		case 3:
 			if l.Peer != nil {
 				l.Peer.PointsBack = false
@@ -488,7 +489,7 @@ func (w *world) reconcile() {
 
 // pass detaches what is Gone, then attaches what is Ready; it reports whether
 // it did anything.
-func (w *world) pass(s *netmon.Snapshot) bool {
+func (w *world) pass(s *view.Snapshot) bool {
 	t := w.t
 	acted := false
 	for _, i := range slices.Sorted(maps.Keys(w.attached)) {
@@ -574,10 +575,10 @@ func FuzzSequence(f *testing.F) {
 }
 
 func runSequence(t *testing.T, ops []byte) *world {
-	w := &world{t: t, links: map[int]*netmon.Link{}, attached: map[int]matcher.Attached{},
+	w := &world{t: t, links: map[int]*view.Link{}, attached: map[int]matcher.Attached{},
 		moved: map[int]bool{}, events: map[int][]string{}, next: 1}
-	w.links[1] = &netmon.Link{Index: 1, Name: "lo", Kind: "device", RawFlags: flagLoopback | netmon.FlagUp | netmon.FlagRunning,
-		MAC: make(net.HardwareAddr, 6), Addrs: []netmon.Addr{addr("127.0.0.1/8")}}
+	w.links[1] = &view.Link{Index: 1, Name: "lo", Kind: "device", RawFlags: view.FlagLoopback | view.FlagUp | view.FlagRunning,
+		MAC: make(net.HardwareAddr, 6), Addrs: []view.Addr{addr("127.0.0.1/8")}}
 	for i := 0; i+2 < len(ops); i += 3 {
 		w.apply(ops[i], ops[i+1], ops[i+2])
 	}

@@ -13,10 +13,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kata-netmon/kata-netmon/netmon/view"
+
 	"github.com/kata-netmon/kata-netmon/hotplug"
 	"github.com/kata-netmon/kata-netmon/hotplug/hotplugtest"
 	"github.com/kata-netmon/kata-netmon/matcher"
-	"github.com/kata-netmon/kata-netmon/netmon"
 )
 
 // This file fuzzes what FuzzClassify, FuzzRoutes and FuzzSequence do not
@@ -25,12 +26,12 @@ import (
 // address and route sequences, checked on what reaches the sandbox.
 
 // checkInterface states what Kata's AddInterface may receive for l.
-func checkInterface(t *testing.T, l *netmon.Link, inf *hotplug.Interface) {
+func checkInterface(t *testing.T, l *view.Link, inf *hotplug.Interface) {
 	t.Helper()
 	if inf.Name != l.Name || inf.Device != l.Name || inf.Type != l.Kind || inf.HwAddr != l.MAC.String() || inf.RawFlags != l.RawFlags {
 		t.Fatalf("InterfaceFromLink(%+v) = %+v: identity not carried over", l, inf)
 	}
-	var want []netmon.Addr
+	var want []view.Addr
 	for _, a := range l.Addrs {
 		if a.Prefix.IsValid() && !linkLocalSpec(a.Prefix.Addr()) {
 			want = append(want, a)
@@ -79,7 +80,7 @@ func checkIPAddress(t *testing.T, ip *hotplug.IPAddress) {
 
 // checkRoute states what the agent's UpdateRoutes may receive for r (a
 // route matcher.Routes kept).
-func checkRoute(t *testing.T, r netmon.Route, out *hotplug.Route, device string) {
+func checkRoute(t *testing.T, r view.Route, out *hotplug.Route, device string) {
 	t.Helper()
 	if out.Device != device {
 		t.Fatalf("route %+v: device %q, want %q", r, out.Device, device)
@@ -99,7 +100,7 @@ func checkRoute(t *testing.T, r netmon.Route, out *hotplug.Route, device string)
 			t.Fatalf("route Dest %q with family %d", out.Dest, out.Family)
 		}
 	}
-	if (out.Family == hotplug.FamilyV6) != (r.Family == netmon.FamilyV6) {
+	if (out.Family == hotplug.FamilyV6) != (r.Family == view.FamilyV6) {
 		t.Fatalf("route family %d for %d", out.Family, r.Family)
 	}
 	for i, s := range []string{out.Gateway, out.Source} {
@@ -114,7 +115,7 @@ func checkRoute(t *testing.T, r netmon.Route, out *hotplug.Route, device string)
 		// it: an IPv6 route never carries an IPv4-looking gateway, which
 		// the agent would refuse (and with it the whole call).
 		in := []netip.Addr{r.Gateway, r.Src}[i]
-		if in.Is4() == (r.Family == netmon.FamilyV4) && a.Is4() != (out.Family == hotplug.FamilyV4) {
+		if in.Is4() == (r.Family == view.FamilyV4) && a.Is4() != (out.Family == hotplug.FamilyV4) {
 			t.Fatalf("route %+v (family %d): address %q is of the other family", out, out.Family, s)
 		}
 	}
@@ -128,7 +129,7 @@ func FuzzInterfaceFromLink(f *testing.F) {
 	f.Add("eth1", uint8(1), []byte{2, 0, 0, 0, 0, 1}, 9000, uint32(0), []byte{0x84, 0, 0, 0, 0, 0x85, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1})
 	f.Add("x", uint8(2), []byte(nil), 0, uint32(0), []byte{0x8a, 10, 0, 0, 1, 0xf9, 1, 2, 3, 4, 0x02, 1, 2, 3, 4})
 	f.Fuzz(func(t *testing.T, name string, kindSel uint8, mac []byte, mtu int, flags uint32, addrBytes []byte) {
-		l := &netmon.Link{Index: 7, Name: name, Kind: fuzzKinds[int(kindSel)%len(fuzzKinds)], MAC: net.HardwareAddr(mac),
+		l := &view.Link{Index: 7, Name: name, Kind: fuzzKinds[int(kindSel)%len(fuzzKinds)], MAC: net.HardwareAddr(mac),
 			MTU: mtu, RawFlags: flags, Addrs: fuzzAddrs(addrBytes)}
 		checkInterface(t, l, hotplug.InterfaceFromLink(l))
 	})
@@ -141,7 +142,7 @@ func FuzzRouteFromNetmon(f *testing.F) {
 	f.Fuzz(func(t *testing.T, b []byte, device string) {
 		routes := fuzzRoutes(b)
 		devices := map[int]bool{1: true, 2: true}
-		kept := matcher.Routes(&netmon.Snapshot{Routes: routes}, devices)
+		kept := matcher.Routes(&view.Snapshot{Routes: routes}, devices)
 		for _, r := range kept {
 			checkRoute(t, r, hotplug.RouteFromNetmon(r, device), device)
 		}
@@ -162,10 +163,10 @@ func FuzzRouteFromNetmon(f *testing.F) {
 // reconWorld is the fuzzed netns: up to four links (slots) and routes.
 type reconWorld struct {
 	t      *testing.T
-	links  map[int]*netmon.Link
+	links  map[int]*view.Link
 	slots  [4]int
 	next   int
-	routes []netmon.Route
+	routes []view.Route
 
 	src *hotplugtest.FakeSource
 	sb  *hotplugtest.FakeSandbox
@@ -190,7 +191,7 @@ func (w *reconWorld) nameFree(n string) bool {
 }
 
 func (w *reconWorld) dropRoutes(idx int) {
-	w.routes = slices.DeleteFunc(w.routes, func(r netmon.Route) bool { return r.LinkIndex == idx })
+	w.routes = slices.DeleteFunc(w.routes, func(r view.Route) bool { return r.LinkIndex == idx })
 }
 
 func (w *reconWorld) apply(op, slot, arg byte) {
@@ -201,7 +202,7 @@ func (w *reconWorld) apply(op, slot, arg byte) {
 			w.next++
 			idx = w.next
 			w.slots[slot%4] = idx
-			w.links[idx] = &netmon.Link{Index: idx, Name: fmt.Sprintf("veth%07x", idx), Kind: []string{"veth", "macvlan"}[arg%2],
+			w.links[idx] = &view.Link{Index: idx, Name: fmt.Sprintf("veth%07x", idx), Kind: []string{"veth", "macvlan"}[arg%2],
 				MAC: seqMAC(arg / 2), MTU: 1500, LinkNetNSID: -1}
 		}
 		return
@@ -222,9 +223,9 @@ func (w *reconWorld) apply(op, slot, arg byte) {
 		l.ParentIndex, l.LinkNetNSID, l.Peer = good.ParentIndex, 0, good.Peer
 		switch arg % 5 {
 		case 1:
-			l.Peer = &netmon.Peer{State: netmon.PeerForeignNetNS}
+			l.Peer = &view.Peer{State: view.PeerForeignNetNS}
 		case 2:
-			l.LinkNetNSID, l.Peer = -1, &netmon.Peer{State: netmon.PeerSameNetNS}
+			l.LinkNetNSID, l.Peer = -1, &view.Peer{State: view.PeerSameNetNS}
 		case 3:
 			l.Peer.MasterIndex, l.Peer.MasterKind = 0, ""
 		}
@@ -236,7 +237,7 @@ func (w *reconWorld) apply(op, slot, arg byte) {
 		l.RawFlags |= hotplugtest.UpRunning
 	case 4:
 		l.RawFlags &^= hotplugtest.UpRunning
-		l.Addrs = slices.DeleteFunc(l.Addrs, func(a netmon.Addr) bool { return a.Prefix.Addr().Is6() })
+		l.Addrs = slices.DeleteFunc(l.Addrs, func(a view.Addr) bool { return a.Prefix.Addr().Is6() })
 		w.dropRoutes(idx)
 	case 5:
 		a := []string{"172.18.0.%d/16", "2001:db8::%x/64", "fe80::%x/64", "169.254.0.%d/16", "::ffff:10.0.0.%d/120", "10.%d.0.1/32"}[arg%6]
@@ -253,7 +254,7 @@ func (w *reconWorld) apply(op, slot, arg byte) {
 		w.slots[slot%4] = 0
 		w.dropRoutes(idx)
 	case 9:
-		var r netmon.Route
+		var r view.Route
 		switch arg % 6 {
 		case 0:
 			r = hotplugtest.DefaultRoute("172.18.0.1", idx)
@@ -274,8 +275,8 @@ func (w *reconWorld) apply(op, slot, arg byte) {
 	}
 }
 
-func (w *reconWorld) snapshot() *netmon.Snapshot {
-	s := &netmon.Snapshot{Links: map[int]*netmon.Link{}, Routes: slices.Clone(w.routes)}
+func (w *reconWorld) snapshot() *view.Snapshot {
+	s := &view.Snapshot{Links: map[int]*view.Link{}, Routes: slices.Clone(w.routes)}
 	for i, l := range w.links {
 		s.Links[i] = hotplugtest.CloneLink(l)
 	}
@@ -294,7 +295,7 @@ func (w *reconWorld) pass() {
 	if _, err := w.rec.Reconcile(context.Background()); err != nil {
 		t.Fatalf("Reconcile: %v", err)
 	}
-	var ready []*netmon.Link
+	var ready []*view.Link
 	for _, d := range matcher.Endpoints(snap) {
 		if d.State == matcher.Ready {
 			ready = append(ready, snap.Links[d.Index])
@@ -304,7 +305,7 @@ func (w *reconWorld) pass() {
 	for _, c := range calls[w.seen:] {
 		switch c.Op {
 		case hotplugtest.OpAddInterface:
-			i := slices.IndexFunc(ready, func(l *netmon.Link) bool { return l.MAC.String() == c.MAC() && l.Name == c.Interface.Name })
+			i := slices.IndexFunc(ready, func(l *view.Link) bool { return l.MAC.String() == c.MAC() && l.Name == c.Interface.Name })
 			if i < 0 {
 				t.Fatalf("AddInterface(%+v) for a link that is not ready", c.Interface)
 			}
@@ -374,7 +375,7 @@ func FuzzReconcileSequence(f *testing.F) {
 		if len(ops) > 3*150 {
 			ops = ops[:3*150]
 		}
-		w := &reconWorld{t: t, links: map[int]*netmon.Link{1: hotplugtest.Loopback()}, next: 10, added: map[string]bool{}}
+		w := &reconWorld{t: t, links: map[int]*view.Link{1: hotplugtest.Loopback()}, next: 10, added: map[string]bool{}}
 		w.sb = &hotplugtest.FakeSandbox{}
 		fail := func() bool {
 			w.mu.Lock()
@@ -427,7 +428,7 @@ var dockerRecon = []byte{0, 0, 4, 1, 0, 0, 2, 0, 0, 5, 0, 0, 3, 0, 0, 9, 0, 0, 1
 // are not vacuous: its Docker seed attaches, pushes the default route and
 // detaches.
 func TestReconcileSequenceAttaches(t *testing.T) {
-	w := &reconWorld{t: t, links: map[int]*netmon.Link{1: hotplugtest.Loopback()}, next: 10, added: map[string]bool{}}
+	w := &reconWorld{t: t, links: map[int]*view.Link{1: hotplugtest.Loopback()}, next: 10, added: map[string]bool{}}
 	w.sb = &hotplugtest.FakeSandbox{}
 	w.src = hotplugtest.NewFakeSource(hotplugtest.Loopback())
 	rec, err := hotplug.New(hotplug.Config{Sandbox: w.sb, Source: w.src, MinBackoff: time.Nanosecond, MaxBackoff: time.Nanosecond})

@@ -6,7 +6,7 @@ import (
 	"sort"
 	"strings"
 
-	"github.com/kata-netmon/kata-netmon/netmon"
+	"github.com/kata-netmon/kata-netmon/netmon/view"
 )
 
 // State is the matcher's verdict on one link.
@@ -44,9 +44,6 @@ type Decision struct {
 	Reason string
 }
 
-// flagLoopback is IFF_LOOPBACK.
-const flagLoopback uint32 = 0x8
-
 // kataSuffix ends the names of the links Kata creates in the sandbox netns
 // (tap0_kata, br0_kata). An endpoint renamed to one of them is left alone:
 // attaching it would fight Kata over its own device.
@@ -54,10 +51,10 @@ const kataSuffix = "_kata"
 
 // Classify decides one link. It reads only the link: peer facts were
 // resolved by netmon in the netns where they are valid.
-func Classify(l *netmon.Link) Decision {
+func Classify(l *view.Link) Decision {
 	d := Decision{Index: l.Index, Name: l.Name, Kind: l.Kind, State: Ignored}
 	switch {
-	case l.RawFlags&flagLoopback != 0 || l.Name == "lo":
+	case l.RawFlags&view.FlagLoopback != 0 || l.Name == "lo":
 		d.Reason = "loopback"
 		return d
 	case strings.HasSuffix(l.Name, kataSuffix):
@@ -96,24 +93,24 @@ func Classify(l *netmon.Link) Decision {
 // peerProblem returns why l's peer (veth) or parent (macvlan) facts do not
 // make it a Docker endpoint, and whether that may still change (pending).
 // An empty reason means the facts hold.
-func peerProblem(l *netmon.Link) (reason string, pending bool) {
+func peerProblem(l *view.Link) (reason string, pending bool) {
 	p := l.Peer
-	if l.ParentIndex == 0 || p == nil || p.State == netmon.PeerUntied {
+	if l.ParentIndex == 0 || p == nil || p.State == view.PeerUntied {
 		// Docker's veth arrives with no IFLA_LINK; the rename that
 		// follows carries it.
 		return "peer not tied yet", true
 	}
 	switch p.State {
-	case netmon.PeerSameNetNS:
+	case view.PeerSameNetNS:
 		return "peer is in the sandbox netns itself", false
-	case netmon.PeerForeignNetNS:
+	case view.PeerForeignNetNS:
 		if p.NetNS != "" {
 			return fmt.Sprintf("peer netns %s is not dockerd's", p.NetNS), false
 		}
 		return fmt.Sprintf("peer netns id %d is not dockerd's", l.LinkNetNSID), false
-	case netmon.PeerError:
+	case view.PeerError:
 		return "peer facts unreadable: " + p.Err, false
-	case netmon.PeerResolved:
+	case view.PeerResolved:
 	default:
 		return fmt.Sprintf("peer state %v", p.State), false
 	}
@@ -138,7 +135,7 @@ func peerProblem(l *netmon.Link) (reason string, pending bool) {
 	return "", false
 }
 
-func hasRoutableAddr(l *netmon.Link) bool {
+func hasRoutableAddr(l *view.Link) bool {
 	for _, a := range l.Addrs {
 		if a.Prefix.IsValid() && !a.LinkLocal() {
 			return true
@@ -148,7 +145,7 @@ func hasRoutableAddr(l *netmon.Link) bool {
 }
 
 // Endpoints classifies every link of s, ordered by ifindex.
-func Endpoints(s *netmon.Snapshot) []Decision {
+func Endpoints(s *view.Snapshot) []Decision {
 	links := s.SortedLinks()
 	out := make([]Decision, 0, len(links))
 	for _, l := range links {
@@ -161,7 +158,7 @@ func Endpoints(s *netmon.Snapshot) []Decision {
 // MAC and name it was attached under (the guest knows it by these).
 type Attached struct {
 	Index       int
-	Incarnation uint64 // netmon.Link.Incarnation when attached
+	Incarnation uint64 // view.Link.Incarnation when attached
 	Name        string
 	MAC         string // lower-case colon form, as net.HardwareAddr.String
 }
@@ -171,7 +168,7 @@ type Attached struct {
 // taken down and renamed away from its attach name (docker network
 // disconnect), or now carries another MAC (the VM's NIC no longer matches).
 // A link that is merely down, renamed while up, or not ready, is not gone.
-func Gone(a Attached, s *netmon.Snapshot) (bool, string) {
+func Gone(a Attached, s *view.Snapshot) (bool, string) {
 	l, ok := s.Links[a.Index]
 	if !ok {
 		return true, "link deleted or moved out"
@@ -195,13 +192,13 @@ func Gone(a Attached, s *netmon.Snapshot) (bool, string) {
 // not add for an address itself, IPv4 and IPv6, in a stable order. Kernel
 // prefix routes are left out because the guest's kernel makes its own when
 // the addresses are configured.
-func Routes(s *netmon.Snapshot, devices map[int]bool) []netmon.Route {
-	var out []netmon.Route
+func Routes(s *view.Snapshot, devices map[int]bool) []view.Route {
+	var out []view.Route
 	for _, r := range s.Routes {
-		if !devices[r.LinkIndex] || r.Table != netmon.TableMain || r.Protocol == netmon.RouteProtoKernel {
+		if !devices[r.LinkIndex] || r.Table != view.TableMain || r.Protocol == view.RouteProtoKernel {
 			continue
 		}
-		if r.Type != 0 && r.Type != rtnUnicast {
+		if r.Type != 0 && r.Type != view.RouteUnicast {
 			continue
 		}
 		if !r.Dst.IsValid() || r.Dst.Addr().IsMulticast() || (r.Dst.Bits() > 0 && r.Dst.Addr().IsLinkLocalUnicast()) {
@@ -213,13 +210,10 @@ func Routes(s *netmon.Snapshot, devices map[int]bool) []netmon.Route {
 	return out
 }
 
-// rtnUnicast is RTN_UNICAST.
-const rtnUnicast = 1
-
 // routeLess orders by family, then non-default before default (the guest
 // needs the gateway's subnet first), then destination, metric and device,
 // then every remaining field: a total order.
-func routeLess(a, b netmon.Route) bool {
+func routeLess(a, b view.Route) bool {
 	if a.Family != b.Family {
 		return a.Family < b.Family
 	}

@@ -7,13 +7,13 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/kata-netmon/kata-netmon/netmon/view"
+
 	"github.com/kata-netmon/kata-netmon/matcher"
-	"github.com/kata-netmon/kata-netmon/netmon"
 )
 
 const (
-	flagLoopback = 0x8 // IFF_LOOPBACK
-	upRunning    = netmon.FlagUp | netmon.FlagRunning | netmon.FlagLowerUp
+	upRunning    = view.FlagUp | view.FlagRunning | view.FlagLowerUp
 	dockerMAC    = "02:42:ac:12:00:02"
 )
 
@@ -25,16 +25,16 @@ func mustMAC(s string) net.HardwareAddr {
 	return m
 }
 
-func addr(s string) netmon.Addr {
-	return netmon.Addr{Prefix: netip.MustParsePrefix(s)}
+func addr(s string) view.Addr {
+	return view.Addr{Prefix: netip.MustParsePrefix(s)}
 }
 
 // goodPeer is a Docker bridge endpoint's host side as netmon resolves it:
 // a veth in dockerd's netns pointing back at the sandbox link, enslaved to
 // docker0.
-func goodPeer() *netmon.Peer {
-	return &netmon.Peer{
-		State:       netmon.PeerResolved,
+func goodPeer() *view.Peer {
+	return &view.Peer{
+		State:       view.PeerResolved,
 		NetNS:       "/proc/1/ns/net",
 		Found:       true,
 		Name:        "veth1a2b3c4",
@@ -47,8 +47,8 @@ func goodPeer() *netmon.Peer {
 
 // readyVeth is a Docker bridge endpoint after step 7 of the sequence: every
 // fact holds. Tests break one fact at a time.
-func readyVeth() *netmon.Link {
-	return &netmon.Link{
+func readyVeth() *view.Link {
+	return &view.Link{
 		Index:       7,
 		Name:        "eth0",
 		Kind:        "veth",
@@ -58,30 +58,30 @@ func readyVeth() *netmon.Link {
 		OperState:   "up",
 		ParentIndex: 57,
 		LinkNetNSID: 0,
-		Addrs:       []netmon.Addr{addr("172.18.0.2/16")},
+		Addrs:       []view.Addr{addr("172.18.0.2/16")},
 		Peer:        goodPeer(),
 	}
 }
 
 // readyMacvlan is a Docker macvlan endpoint: IFLA_LINK is its parent in the
 // host netns; there is no peer to point back.
-func readyMacvlan() *netmon.Link {
+func readyMacvlan() *view.Link {
 	l := readyVeth()
 	l.Kind = "macvlan"
 	l.ParentIndex = 2
-	l.Peer = &netmon.Peer{State: netmon.PeerResolved, NetNS: "/proc/1/ns/net", Found: true, Name: "enp1s0", Kind: "device"}
+	l.Peer = &view.Peer{State: view.PeerResolved, NetNS: "/proc/1/ns/net", Found: true, Name: "enp1s0", Kind: "device"}
 	return l
 }
 
 type classifyCase struct {
 	name       string
-	link       func() *netmon.Link
+	link       func() *view.Link
 	want       matcher.State
 	wantReason string // a substring of the reason: proves which branch decided
 }
 
-func with(base func() *netmon.Link, mod func(*netmon.Link)) func() *netmon.Link {
-	return func() *netmon.Link {
+func with(base func() *view.Link, mod func(*view.Link)) func() *view.Link {
+	return func() *view.Link {
 		l := base()
 		mod(l)
 		return l
@@ -106,81 +106,81 @@ func runClassify(t *testing.T, tests []classifyCase) {
 
 func TestClassifyIgnored(t *testing.T) {
 	runClassify(t, []classifyCase{
-		{"lo by flag", func() *netmon.Link {
-			return &netmon.Link{Index: 1, Name: "lo", Kind: "device", RawFlags: flagLoopback | netmon.FlagUp | netmon.FlagRunning,
-				MAC: make(net.HardwareAddr, 6), Addrs: []netmon.Addr{addr("127.0.0.1/8")}}
+		{"lo by flag", func() *view.Link {
+			return &view.Link{Index: 1, Name: "lo", Kind: "device", RawFlags: view.FlagLoopback | view.FlagUp | view.FlagRunning,
+				MAC: make(net.HardwareAddr, 6), Addrs: []view.Addr{addr("127.0.0.1/8")}}
 		}, matcher.Ignored, "loopback"},
-		{"loopback flag on an otherwise ready veth", with(readyVeth, func(l *netmon.Link) { l.RawFlags |= flagLoopback }), matcher.Ignored, "loopback"},
-		{"named lo without the flag", with(readyVeth, func(l *netmon.Link) { l.Name = "lo" }), matcher.Ignored, "loopback"},
-		{"tap0_kata", func() *netmon.Link {
-			return &netmon.Link{Index: 9, Name: "tap0_kata", Kind: "tuntap", MAC: mustMAC("b6:1f:00:00:00:01"), RawFlags: upRunning}
+		{"loopback flag on an otherwise ready veth", with(readyVeth, func(l *view.Link) { l.RawFlags |= view.FlagLoopback }), matcher.Ignored, "loopback"},
+		{"named lo without the flag", with(readyVeth, func(l *view.Link) { l.Name = "lo" }), matcher.Ignored, "loopback"},
+		{"tap0_kata", func() *view.Link {
+			return &view.Link{Index: 9, Name: "tap0_kata", Kind: "tuntap", MAC: mustMAC("b6:1f:00:00:00:01"), RawFlags: upRunning}
 		}, matcher.Ignored, "Kata's own"},
-		{"endpoint renamed tap9_kata", with(readyVeth, func(l *netmon.Link) { l.Name = "tap9_kata" }), matcher.Ignored, "Kata's own"},
-		{"br0_kata", with(readyVeth, func(l *netmon.Link) { l.Name, l.Kind = "br0_kata", "bridge" }), matcher.Ignored, "Kata's own"},
-		{"kind tuntap", with(readyVeth, func(l *netmon.Link) { l.Kind = "tuntap" }), matcher.Ignored, `kind "tuntap"`},
-		{"kind macvtap", with(readyVeth, func(l *netmon.Link) { l.Kind = "macvtap" }), matcher.Ignored, `kind "macvtap"`},
-		{"kind ifb", with(readyVeth, func(l *netmon.Link) { l.Kind = "ifb" }), matcher.Ignored, `kind "ifb"`},
-		{"kind bridge", with(readyVeth, func(l *netmon.Link) { l.Kind = "bridge" }), matcher.Ignored, `kind "bridge"`},
-		{"kind device", with(readyVeth, func(l *netmon.Link) { l.Kind = "device" }), matcher.Ignored, `kind "device"`},
-		{"kind empty", with(readyVeth, func(l *netmon.Link) { l.Kind = "" }), matcher.Ignored, `kind ""`},
-		{"no MAC", with(readyVeth, func(l *netmon.Link) { l.MAC = nil }), matcher.Ignored, "no Ethernet MAC"},
-		{"8-byte MAC", with(readyVeth, func(l *netmon.Link) { l.MAC = make(net.HardwareAddr, 8) }), matcher.Ignored, "no Ethernet MAC"},
-		{"peer in the same netns", with(readyVeth, func(l *netmon.Link) {
+		{"endpoint renamed tap9_kata", with(readyVeth, func(l *view.Link) { l.Name = "tap9_kata" }), matcher.Ignored, "Kata's own"},
+		{"br0_kata", with(readyVeth, func(l *view.Link) { l.Name, l.Kind = "br0_kata", "bridge" }), matcher.Ignored, "Kata's own"},
+		{"kind tuntap", with(readyVeth, func(l *view.Link) { l.Kind = "tuntap" }), matcher.Ignored, `kind "tuntap"`},
+		{"kind macvtap", with(readyVeth, func(l *view.Link) { l.Kind = "macvtap" }), matcher.Ignored, `kind "macvtap"`},
+		{"kind ifb", with(readyVeth, func(l *view.Link) { l.Kind = "ifb" }), matcher.Ignored, `kind "ifb"`},
+		{"kind bridge", with(readyVeth, func(l *view.Link) { l.Kind = "bridge" }), matcher.Ignored, `kind "bridge"`},
+		{"kind device", with(readyVeth, func(l *view.Link) { l.Kind = "device" }), matcher.Ignored, `kind "device"`},
+		{"kind empty", with(readyVeth, func(l *view.Link) { l.Kind = "" }), matcher.Ignored, `kind ""`},
+		{"no MAC", with(readyVeth, func(l *view.Link) { l.MAC = nil }), matcher.Ignored, "no Ethernet MAC"},
+		{"8-byte MAC", with(readyVeth, func(l *view.Link) { l.MAC = make(net.HardwareAddr, 8) }), matcher.Ignored, "no Ethernet MAC"},
+		{"peer in the same netns", with(readyVeth, func(l *view.Link) {
 			l.LinkNetNSID = -1
-			l.Peer = &netmon.Peer{State: netmon.PeerSameNetNS, Found: true, Kind: "veth", PointsBack: true}
+			l.Peer = &view.Peer{State: view.PeerSameNetNS, Found: true, Kind: "veth", PointsBack: true}
 		}), matcher.Ignored, "sandbox netns itself"},
-		{"peer in a foreign netns (path known)", with(readyVeth, func(l *netmon.Link) {
-			l.Peer = &netmon.Peer{State: netmon.PeerForeignNetNS, NetNS: "/run/netns/other"}
+		{"peer in a foreign netns (path known)", with(readyVeth, func(l *view.Link) {
+			l.Peer = &view.Peer{State: view.PeerForeignNetNS, NetNS: "/run/netns/other"}
 		}), matcher.Ignored, "/run/netns/other is not dockerd's"},
-		{"peer in a foreign netns (unidentified)", with(readyVeth, func(l *netmon.Link) {
+		{"peer in a foreign netns (unidentified)", with(readyVeth, func(l *view.Link) {
 			l.LinkNetNSID = 4
-			l.Peer = &netmon.Peer{State: netmon.PeerForeignNetNS}
+			l.Peer = &view.Peer{State: view.PeerForeignNetNS}
 		}), matcher.Ignored, "netns id 4 is not dockerd's"},
-		{"peer error", with(readyVeth, func(l *netmon.Link) {
-			l.Peer = &netmon.Peer{State: netmon.PeerError, Err: "EPERM"}
+		{"peer error", with(readyVeth, func(l *view.Link) {
+			l.Peer = &view.Peer{State: view.PeerError, Err: "EPERM"}
 		}), matcher.Ignored, "unreadable: EPERM"},
-		{"peer state out of range", with(readyVeth, func(l *netmon.Link) { l.Peer.State = netmon.PeerState(42) }), matcher.Ignored, "peer state unknown"},
-		{"peer not found", with(readyVeth, func(l *netmon.Link) { l.Peer.Found = false }), matcher.Ignored, "not found"},
-		{"peer not a veth", with(readyVeth, func(l *netmon.Link) { l.Peer.Kind = "bridge" }), matcher.Ignored, "not a veth"},
-		{"peer does not point back", with(readyVeth, func(l *netmon.Link) { l.Peer.PointsBack = false }), matcher.Ignored, "does not point back"},
-		{"peer on no bridge", with(readyVeth, func(l *netmon.Link) { l.Peer.MasterIndex, l.Peer.MasterKind = 0, "" }), matcher.Ignored, "on no bridge"},
-		{"peer master is a bond", with(readyVeth, func(l *netmon.Link) { l.Peer.MasterKind = "bond" }), matcher.Ignored, "not a bridge"},
-		{"macvlan parent in a foreign netns", with(readyMacvlan, func(l *netmon.Link) {
-			l.Peer = &netmon.Peer{State: netmon.PeerForeignNetNS, NetNS: "/run/netns/x"}
+		{"peer state out of range", with(readyVeth, func(l *view.Link) { l.Peer.State = view.PeerState(42) }), matcher.Ignored, "peer state unknown"},
+		{"peer not found", with(readyVeth, func(l *view.Link) { l.Peer.Found = false }), matcher.Ignored, "not found"},
+		{"peer not a veth", with(readyVeth, func(l *view.Link) { l.Peer.Kind = "bridge" }), matcher.Ignored, "not a veth"},
+		{"peer does not point back", with(readyVeth, func(l *view.Link) { l.Peer.PointsBack = false }), matcher.Ignored, "does not point back"},
+		{"peer on no bridge", with(readyVeth, func(l *view.Link) { l.Peer.MasterIndex, l.Peer.MasterKind = 0, "" }), matcher.Ignored, "on no bridge"},
+		{"peer master is a bond", with(readyVeth, func(l *view.Link) { l.Peer.MasterKind = "bond" }), matcher.Ignored, "not a bridge"},
+		{"macvlan parent in a foreign netns", with(readyMacvlan, func(l *view.Link) {
+			l.Peer = &view.Peer{State: view.PeerForeignNetNS, NetNS: "/run/netns/x"}
 		}), matcher.Ignored, "not dockerd's"},
-		{"macvlan parent not found", with(readyMacvlan, func(l *netmon.Link) { l.Peer.Found = false }), matcher.Ignored, "not found"},
-		{"ipvlan (kind not handled)", with(readyMacvlan, func(l *netmon.Link) { l.Kind = "ipvlan" }), matcher.Ignored, `kind "ipvlan"`},
+		{"macvlan parent not found", with(readyMacvlan, func(l *view.Link) { l.Peer.Found = false }), matcher.Ignored, "not found"},
+		{"ipvlan (kind not handled)", with(readyMacvlan, func(l *view.Link) { l.Kind = "ipvlan" }), matcher.Ignored, `kind "ipvlan"`},
 	})
 }
 
 func TestClassifyPendingAndReady(t *testing.T) {
 	runClassify(t, []classifyCase{
 		{"ready veth", readyVeth, matcher.Ready, "ready"},
-		{"names never decide: ready veth1234", with(readyVeth, func(l *netmon.Link) { l.Name = "veth1234" }), matcher.Ready, "ready"},
-		{"names never decide: custom ifname", with(readyVeth, func(l *netmon.Link) { l.Name = "kata" }), matcher.Ready, "ready"},
-		{"ready without IFF_LOWER_UP in RawFlags", with(readyVeth, func(l *netmon.Link) { l.RawFlags = netmon.FlagUp | netmon.FlagRunning }), matcher.Ready, "ready"},
-		{"IPv6-only global address", with(readyVeth, func(l *netmon.Link) {
-			l.Addrs = []netmon.Addr{addr("fe80::42:acff:fe12:2/64"), addr("2001:db8::2/64")}
+		{"names never decide: ready veth1234", with(readyVeth, func(l *view.Link) { l.Name = "veth1234" }), matcher.Ready, "ready"},
+		{"names never decide: custom ifname", with(readyVeth, func(l *view.Link) { l.Name = "kata" }), matcher.Ready, "ready"},
+		{"ready without IFF_LOWER_UP in RawFlags", with(readyVeth, func(l *view.Link) { l.RawFlags = view.FlagUp | view.FlagRunning }), matcher.Ready, "ready"},
+		{"IPv6-only global address", with(readyVeth, func(l *view.Link) {
+			l.Addrs = []view.Addr{addr("fe80::42:acff:fe12:2/64"), addr("2001:db8::2/64")}
 		}), matcher.Ready, "ready"},
-		{"link-local plus global", with(readyVeth, func(l *netmon.Link) {
-			l.Addrs = []netmon.Addr{addr("169.254.3.4/16"), addr("172.18.0.2/16")}
+		{"link-local plus global", with(readyVeth, func(l *view.Link) {
+			l.Addrs = []view.Addr{addr("169.254.3.4/16"), addr("172.18.0.2/16")}
 		}), matcher.Ready, "ready"},
-		{"only link-local addresses", with(readyVeth, func(l *netmon.Link) {
-			l.Addrs = []netmon.Addr{addr("fe80::42:acff:fe12:2/64"), addr("169.254.3.4/16")}
+		{"only link-local addresses", with(readyVeth, func(l *view.Link) {
+			l.Addrs = []view.Addr{addr("fe80::42:acff:fe12:2/64"), addr("169.254.3.4/16")}
 		}), matcher.Pending, "no address"},
-		{"no addresses", with(readyVeth, func(l *netmon.Link) { l.Addrs = nil }), matcher.Pending, "no address"},
-		{"invalid prefix only", with(readyVeth, func(l *netmon.Link) { l.Addrs = []netmon.Addr{{}} }), matcher.Pending, "no address"},
-		{"down", with(readyVeth, func(l *netmon.Link) { l.RawFlags = 0 }), matcher.Pending, "down"},
-		{"up, not running", with(readyVeth, func(l *netmon.Link) { l.RawFlags = netmon.FlagUp }), matcher.Pending, "not running"},
-		{"ParentIndex 0", with(readyVeth, func(l *netmon.Link) { l.ParentIndex = 0 }), matcher.Pending, "peer not tied yet"},
-		{"nil peer", with(readyVeth, func(l *netmon.Link) { l.Peer = nil }), matcher.Pending, "peer not tied yet"},
-		{"peer untied (netns id unknown yet)", with(readyVeth, func(l *netmon.Link) {
-			l.Peer = &netmon.Peer{State: netmon.PeerUntied}
+		{"no addresses", with(readyVeth, func(l *view.Link) { l.Addrs = nil }), matcher.Pending, "no address"},
+		{"invalid prefix only", with(readyVeth, func(l *view.Link) { l.Addrs = []view.Addr{{}} }), matcher.Pending, "no address"},
+		{"down", with(readyVeth, func(l *view.Link) { l.RawFlags = 0 }), matcher.Pending, "down"},
+		{"up, not running", with(readyVeth, func(l *view.Link) { l.RawFlags = view.FlagUp }), matcher.Pending, "not running"},
+		{"ParentIndex 0", with(readyVeth, func(l *view.Link) { l.ParentIndex = 0 }), matcher.Pending, "peer not tied yet"},
+		{"nil peer", with(readyVeth, func(l *view.Link) { l.Peer = nil }), matcher.Pending, "peer not tied yet"},
+		{"peer untied (netns id unknown yet)", with(readyVeth, func(l *view.Link) {
+			l.Peer = &view.Peer{State: view.PeerUntied}
 		}), matcher.Pending, "peer not tied yet"},
 		{"macvlan ready, parent any kind, no point-back", readyMacvlan, matcher.Ready, "ready"},
-		{"macvlan parent is a bridge", with(readyMacvlan, func(l *netmon.Link) { l.Peer.Kind = "bridge" }), matcher.Ready, "ready"},
-		{"macvlan untied", with(readyMacvlan, func(l *netmon.Link) { l.ParentIndex, l.Peer = 0, nil }), matcher.Pending, "peer not tied yet"},
-		{"macvlan down", with(readyMacvlan, func(l *netmon.Link) { l.RawFlags = 0 }), matcher.Pending, "down"},
+		{"macvlan parent is a bridge", with(readyMacvlan, func(l *view.Link) { l.Peer.Kind = "bridge" }), matcher.Ready, "ready"},
+		{"macvlan untied", with(readyMacvlan, func(l *view.Link) { l.ParentIndex, l.Peer = 0, nil }), matcher.Pending, "peer not tied yet"},
+		{"macvlan down", with(readyMacvlan, func(l *view.Link) { l.RawFlags = 0 }), matcher.Pending, "down"},
 	})
 }
 
@@ -190,31 +190,31 @@ func TestClassifyPendingAndReady(t *testing.T) {
 func TestClassifyDocker29Sequence(t *testing.T) {
 	steps := []struct {
 		name       string
-		apply      func(*netmon.Link)
+		apply      func(*view.Link)
 		want       matcher.State
 		wantReason string
 	}{
-		{"1 NEWLINK vethXXXX down, untied", func(l *netmon.Link) {}, matcher.Pending, "peer not tied yet"},
-		{"1b custom MTU before the rename", func(l *netmon.Link) { l.MTU = 1450 }, matcher.Pending, "peer not tied yet"},
-		{"2+3 NEWNSID, rename to eth0 with IFLA_LINK + netnsid", func(l *netmon.Link) {
+		{"1 NEWLINK vethXXXX down, untied", func(l *view.Link) {}, matcher.Pending, "peer not tied yet"},
+		{"1b custom MTU before the rename", func(l *view.Link) { l.MTU = 1450 }, matcher.Pending, "peer not tied yet"},
+		{"2+3 NEWNSID, rename to eth0 with IFLA_LINK + netnsid", func(l *view.Link) {
 			l.Name = "eth0"
 			l.ParentIndex, l.LinkNetNSID = 57, 0
 			l.Peer = goodPeer()
 		}, matcher.Pending, "down"},
-		{"4 Docker's MAC", func(l *netmon.Link) { l.MAC = mustMAC(dockerMAC) }, matcher.Pending, "down"},
-		{"5 NEWADDR", func(l *netmon.Link) { l.Addrs = append(l.Addrs, addr("172.18.0.2/16")) }, matcher.Pending, "down"},
-		{"5b NEWADDR IPv6 nodad", func(l *netmon.Link) {
-			l.Addrs = append(l.Addrs, netmon.Addr{Prefix: netip.MustParsePrefix("fd00::2/64"), Flags: 0x2})
+		{"4 Docker's MAC", func(l *view.Link) { l.MAC = mustMAC(dockerMAC) }, matcher.Pending, "down"},
+		{"5 NEWADDR", func(l *view.Link) { l.Addrs = append(l.Addrs, addr("172.18.0.2/16")) }, matcher.Pending, "down"},
+		{"5b NEWADDR IPv6 nodad", func(l *view.Link) {
+			l.Addrs = append(l.Addrs, view.Addr{Prefix: netip.MustParsePrefix("fd00::2/64"), Flags: 0x2})
 		}, matcher.Pending, "down"},
-		{"6 UP, not RUNNING yet", func(l *netmon.Link) { l.RawFlags |= netmon.FlagUp; l.OperState = "unknown" }, matcher.Pending, "not running"},
-		{"7 RUNNING", func(l *netmon.Link) {
-			l.RawFlags |= netmon.FlagRunning | netmon.FlagLowerUp
+		{"6 UP, not RUNNING yet", func(l *view.Link) { l.RawFlags |= view.FlagUp; l.OperState = "unknown" }, matcher.Pending, "not running"},
+		{"7 RUNNING", func(l *view.Link) {
+			l.RawFlags |= view.FlagRunning | view.FlagLowerUp
 			l.OperState = "up"
 			l.Addrs = append(l.Addrs, addr("fe80::1/64"))
 		}, matcher.Ready, "ready"},
-		{"8 default route: link unchanged", func(l *netmon.Link) {}, matcher.Ready, "ready"},
+		{"8 default route: link unchanged", func(l *view.Link) {}, matcher.Ready, "ready"},
 	}
-	l := &netmon.Link{Index: 7, Name: "veth9f3e2a1", Kind: "veth", MAC: mustMAC("9a:0c:11:22:33:44"), MTU: 1500,
+	l := &view.Link{Index: 7, Name: "veth9f3e2a1", Kind: "veth", MAC: mustMAC("9a:0c:11:22:33:44"), MTU: 1500,
 		OperState: "down", LinkNetNSID: -1}
 	for _, s := range steps {
 		s.apply(l)
@@ -226,13 +226,13 @@ func TestClassifyDocker29Sequence(t *testing.T) {
 }
 
 func TestEndpointsOrderedByIfindex(t *testing.T) {
-	lo := &netmon.Link{Index: 1, Name: "lo", Kind: "device", RawFlags: flagLoopback | netmon.FlagUp}
+	lo := &view.Link{Index: 1, Name: "lo", Kind: "device", RawFlags: view.FlagLoopback | view.FlagUp}
 	eth0 := readyVeth()
 	eth0.Index = 12
 	eth1 := readyVeth()
 	eth1.Index, eth1.Name, eth1.RawFlags = 5, "eth1", 0
-	tap := &netmon.Link{Index: 30, Name: "tap0_kata", Kind: "tuntap", MAC: mustMAC("b6:1f:00:00:00:01")}
-	s := &netmon.Snapshot{Links: map[int]*netmon.Link{30: tap, 12: eth0, 1: lo, 5: eth1}}
+	tap := &view.Link{Index: 30, Name: "tap0_kata", Kind: "tuntap", MAC: mustMAC("b6:1f:00:00:00:01")}
+	s := &view.Snapshot{Links: map[int]*view.Link{30: tap, 12: eth0, 1: lo, 5: eth1}}
 
 	type short struct {
 		Index int
@@ -247,7 +247,7 @@ func TestEndpointsOrderedByIfindex(t *testing.T) {
 	if !slices.Equal(got, want) {
 		t.Errorf("Endpoints = %v, want %v", got, want)
 	}
-	if got := matcher.Endpoints(&netmon.Snapshot{}); len(got) != 0 {
+	if got := matcher.Endpoints(&view.Snapshot{}); len(got) != 0 {
 		t.Errorf("Endpoints(empty) = %v, want none", got)
 	}
 }
@@ -262,8 +262,8 @@ func TestStateString(t *testing.T) {
 
 func TestGone(t *testing.T) {
 	attached := matcher.Attached{Index: 7, Name: "eth0", MAC: dockerMAC}
-	snap := func(links ...*netmon.Link) *netmon.Snapshot {
-		s := &netmon.Snapshot{Links: map[int]*netmon.Link{}}
+	snap := func(links ...*view.Link) *view.Snapshot {
+		s := &view.Snapshot{Links: map[int]*view.Link{}}
 		for _, l := range links {
 			s.Links[l.Index] = l
 		}
@@ -271,30 +271,30 @@ func TestGone(t *testing.T) {
 	}
 	tests := []struct {
 		name       string
-		snap       *netmon.Snapshot
+		snap       *view.Snapshot
 		want       bool
 		wantReason string
 	}{
 		{"still ready", snap(readyVeth()), false, ""},
 		{"deleted (DELLINK, moved out)", snap(), true, "deleted"},
-		{"MAC changed", snap(with(readyVeth, func(l *netmon.Link) { l.MAC = mustMAC("02:42:ac:12:00:03") })()), true, "MAC changed to 02:42:ac:12:00:03"},
-		{"MAC removed", snap(with(readyVeth, func(l *netmon.Link) { l.MAC = nil })()), true, "MAC changed"},
-		{"disconnect step 1: down (not gone yet)", snap(with(readyVeth, func(l *netmon.Link) { l.RawFlags = 0 })()), false, ""},
-		{"disconnect step 2: down, renamed to vethXXXX", snap(with(readyVeth, func(l *netmon.Link) {
+		{"MAC changed", snap(with(readyVeth, func(l *view.Link) { l.MAC = mustMAC("02:42:ac:12:00:03") })()), true, "MAC changed to 02:42:ac:12:00:03"},
+		{"MAC removed", snap(with(readyVeth, func(l *view.Link) { l.MAC = nil })()), true, "MAC changed"},
+		{"disconnect step 1: down (not gone yet)", snap(with(readyVeth, func(l *view.Link) { l.RawFlags = 0 })()), false, ""},
+		{"disconnect step 2: down, renamed to vethXXXX", snap(with(readyVeth, func(l *view.Link) {
 			l.RawFlags, l.Name = 0, "veth9f3e2a1"
 		})()), true, `renamed to "veth9f3e2a1"`},
-		{"disconnect step 3: DELADDR too", snap(with(readyVeth, func(l *netmon.Link) {
+		{"disconnect step 3: DELADDR too", snap(with(readyVeth, func(l *view.Link) {
 			l.RawFlags, l.Name, l.Addrs = 0, "veth9f3e2a1", nil
 		})()), true, "renamed"},
-		{"merely down and addresses gone", snap(with(readyVeth, func(l *netmon.Link) { l.RawFlags, l.Addrs = 0, nil })()), false, ""},
-		{"up, not running (carrier lost)", snap(with(readyVeth, func(l *netmon.Link) { l.RawFlags = netmon.FlagUp })()), false, ""},
-		{"up and renamed", snap(with(readyVeth, func(l *netmon.Link) { l.Name = "eth5" })()), false, ""},
-		{"peer facts now unreadable", snap(with(readyVeth, func(l *netmon.Link) {
-			l.Peer = &netmon.Peer{State: netmon.PeerError, Err: "EBADF"}
+		{"merely down and addresses gone", snap(with(readyVeth, func(l *view.Link) { l.RawFlags, l.Addrs = 0, nil })()), false, ""},
+		{"up, not running (carrier lost)", snap(with(readyVeth, func(l *view.Link) { l.RawFlags = view.FlagUp })()), false, ""},
+		{"up and renamed", snap(with(readyVeth, func(l *view.Link) { l.Name = "eth5" })()), false, ""},
+		{"peer facts now unreadable", snap(with(readyVeth, func(l *view.Link) {
+			l.Peer = &view.Peer{State: view.PeerError, Err: "EBADF"}
 		})()), false, ""},
-		{"name re-appears on another ifindex", snap(with(readyVeth, func(l *netmon.Link) { l.Index = 8; l.MAC = mustMAC("02:42:ac:12:00:09") })()), true, "deleted"},
-		{"same MAC and name on another ifindex", snap(with(readyVeth, func(l *netmon.Link) { l.Index = 8 })()), true, "deleted"},
-		{"deleted and re-created on the same ifindex, same MAC and name", snap(with(readyVeth, func(l *netmon.Link) { l.Incarnation = 2 })()), true, "re-created"},
+		{"name re-appears on another ifindex", snap(with(readyVeth, func(l *view.Link) { l.Index = 8; l.MAC = mustMAC("02:42:ac:12:00:09") })()), true, "deleted"},
+		{"same MAC and name on another ifindex", snap(with(readyVeth, func(l *view.Link) { l.Index = 8 })()), true, "deleted"},
+		{"deleted and re-created on the same ifindex, same MAC and name", snap(with(readyVeth, func(l *view.Link) { l.Incarnation = 2 })()), true, "re-created"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -307,11 +307,11 @@ func TestGone(t *testing.T) {
 }
 
 // route builds a route the tests would keep, then lets mod break it.
-func route(dst, gw string, link int, mod ...func(*netmon.Route)) netmon.Route {
+func route(dst, gw string, link int, mod ...func(*view.Route)) view.Route {
 	p := netip.MustParsePrefix(dst)
-	r := netmon.Route{Family: netmon.FamilyV4, Dst: p, LinkIndex: link, Table: netmon.TableMain, Protocol: 4 /* static */, Type: 1}
+	r := view.Route{Family: view.FamilyV4, Dst: p, LinkIndex: link, Table: view.TableMain, Protocol: 4 /* static */, Type: 1}
 	if p.Addr().Is6() {
-		r.Family = netmon.FamilyV6
+		r.Family = view.FamilyV6
 	}
 	if gw != "" {
 		r.Gateway = netip.MustParseAddr(gw)
@@ -326,34 +326,34 @@ func TestRoutesFilters(t *testing.T) {
 	devices := map[int]bool{7: true, 8: true}
 	tests := []struct {
 		name string
-		r    netmon.Route
+		r    view.Route
 		keep bool
 	}{
-		{"IPv4 default (0.0.0.0/0, proto boot)", route("0.0.0.0/0", "172.18.0.1", 7, func(r *netmon.Route) { r.Protocol = 3 }), true},
+		{"IPv4 default (0.0.0.0/0, proto boot)", route("0.0.0.0/0", "172.18.0.1", 7, func(r *view.Route) { r.Protocol = 3 }), true},
 		{"IPv6 default (::/0)", route("::/0", "fd00::1", 7), true},
 		{"IPv6 default via link-local gateway", route("::/0", "fe80::1", 7), true},
 		{"static subnet route", route("10.10.0.0/16", "172.18.0.254", 8), true},
-		{"type unset (0)", route("10.10.0.0/16", "", 7, func(r *netmon.Route) { r.Type = 0 }), true},
-		{"other table (local)", route("10.10.0.0/16", "", 7, func(r *netmon.Route) { r.Table = 255 }), false},
-		{"table unset", route("10.10.0.0/16", "", 7, func(r *netmon.Route) { r.Table = 0 }), false},
-		{"proto kernel", route("172.18.0.0/16", "", 7, func(r *netmon.Route) { r.Protocol = netmon.RouteProtoKernel }), false},
+		{"type unset (0)", route("10.10.0.0/16", "", 7, func(r *view.Route) { r.Type = 0 }), true},
+		{"other table (local)", route("10.10.0.0/16", "", 7, func(r *view.Route) { r.Table = 255 }), false},
+		{"table unset", route("10.10.0.0/16", "", 7, func(r *view.Route) { r.Table = 0 }), false},
+		{"proto kernel", route("172.18.0.0/16", "", 7, func(r *view.Route) { r.Protocol = view.RouteProtoKernel }), false},
 		{"link not in devices", route("0.0.0.0/0", "172.19.0.1", 9), false},
 		{"no link", route("0.0.0.0/0", "172.19.0.1", 0), false},
 		{"IPv4 multicast", route("224.0.0.0/4", "", 7), false},
 		{"IPv6 multicast", route("ff00::/8", "", 7), false},
-		{"IPv6 fe80::/64", route("fe80::/64", "", 7, func(r *netmon.Route) { r.Protocol = 9 }), false},
+		{"IPv6 fe80::/64", route("fe80::/64", "", 7, func(r *view.Route) { r.Protocol = 9 }), false},
 		{"IPv4 169.254.0.0/16", route("169.254.0.0/16", "", 7), false},
-		{"invalid Dst", netmon.Route{Family: netmon.FamilyV4, LinkIndex: 7, Table: netmon.TableMain, Type: 1}, false},
-		{"type blackhole", route("10.0.0.0/8", "", 7, func(r *netmon.Route) { r.Type = 6 }), false},
-		{"type local", route("10.0.0.1/32", "", 7, func(r *netmon.Route) { r.Type = 2 }), false},
-		{"type broadcast", route("10.0.0.255/32", "", 7, func(r *netmon.Route) { r.Type = 3 }), false},
+		{"invalid Dst", view.Route{Family: view.FamilyV4, LinkIndex: 7, Table: view.TableMain, Type: 1}, false},
+		{"type blackhole", route("10.0.0.0/8", "", 7, func(r *view.Route) { r.Type = 6 }), false},
+		{"type local", route("10.0.0.1/32", "", 7, func(r *view.Route) { r.Type = 2 }), false},
+		{"type broadcast", route("10.0.0.255/32", "", 7, func(r *view.Route) { r.Type = 3 }), false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got := matcher.Routes(&netmon.Snapshot{Routes: []netmon.Route{tt.r}}, devices)
-			var want []netmon.Route
+			got := matcher.Routes(&view.Snapshot{Routes: []view.Route{tt.r}}, devices)
+			var want []view.Route
 			if tt.keep {
-				want = []netmon.Route{tt.r}
+				want = []view.Route{tt.r}
 			}
 			if !slices.Equal(got, want) {
 				t.Errorf("Routes(%+v) = %+v, want %+v", tt.r, got, want)
@@ -364,8 +364,8 @@ func TestRoutesFilters(t *testing.T) {
 
 func TestRoutesOrder(t *testing.T) {
 	devices := map[int]bool{7: true, 8: true}
-	def4 := route("0.0.0.0/0", "172.18.0.1", 7, func(r *netmon.Route) { r.Protocol = 3 })
-	def4b := route("0.0.0.0/0", "172.19.0.1", 8, func(r *netmon.Route) { r.Priority = 100 })
+	def4 := route("0.0.0.0/0", "172.18.0.1", 7, func(r *view.Route) { r.Protocol = 3 })
+	def4b := route("0.0.0.0/0", "172.19.0.1", 8, func(r *view.Route) { r.Priority = 100 })
 	def6 := route("::/0", "fd00::1", 7)
 	net10 := route("10.10.0.0/16", "172.18.0.254", 7)
 	net10b := route("10.10.0.0/24", "172.18.0.254", 7)
@@ -373,14 +373,14 @@ func TestRoutesOrder(t *testing.T) {
 	net10d := route("10.10.0.0/16", "172.18.0.253", 7) // differs from net10 by gateway only
 	net192 := route("192.168.5.0/24", "", 8)
 	v6net := route("fd01::/64", "fd00::254", 7)
-	kernel := route("172.18.0.0/16", "", 7, func(r *netmon.Route) { r.Protocol = netmon.RouteProtoKernel })
-	in := []netmon.Route{def6, def4, kernel, net192, v6net, def4b, net10c, net10b, net10, net10d}
+	kernel := route("172.18.0.0/16", "", 7, func(r *view.Route) { r.Protocol = view.RouteProtoKernel })
+	in := []view.Route{def6, def4, kernel, net192, v6net, def4b, net10c, net10b, net10, net10d}
 	// net10, net10c and net10d tie on family, destination and metric: the
 	// device, then the gateway decide.
-	want := []netmon.Route{net10d, net10, net10c, net10b, net192, def4, def4b, v6net, def6}
+	want := []view.Route{net10d, net10, net10c, net10b, net192, def4, def4b, v6net, def6}
 
 	orig := slices.Clone(in)
-	got := matcher.Routes(&netmon.Snapshot{Routes: in}, devices)
+	got := matcher.Routes(&view.Snapshot{Routes: in}, devices)
 	if !slices.Equal(got, want) {
 		t.Fatalf("Routes =\n%v\nwant\n%v", got, want)
 	}
@@ -390,15 +390,15 @@ func TestRoutesOrder(t *testing.T) {
 	// Every rotation and the reversal of the input give the same output.
 	for i := range in {
 		rot := append(slices.Clone(in[i:]), in[:i]...)
-		if got := matcher.Routes(&netmon.Snapshot{Routes: rot}, devices); !slices.Equal(got, want) {
+		if got := matcher.Routes(&view.Snapshot{Routes: rot}, devices); !slices.Equal(got, want) {
 			t.Errorf("rotation %d: Routes =\n%v\nwant\n%v", i, got, want)
 		}
 		slices.Reverse(rot)
-		if got := matcher.Routes(&netmon.Snapshot{Routes: rot}, devices); !slices.Equal(got, want) {
+		if got := matcher.Routes(&view.Snapshot{Routes: rot}, devices); !slices.Equal(got, want) {
 			t.Errorf("reversed rotation %d: Routes =\n%v\nwant\n%v", i, got, want)
 		}
 	}
-	if got := matcher.Routes(&netmon.Snapshot{Routes: in}, nil); got != nil {
+	if got := matcher.Routes(&view.Snapshot{Routes: in}, nil); got != nil {
 		t.Errorf("Routes with no devices = %v, want nil", got)
 	}
 }

@@ -37,7 +37,7 @@ type Observer interface {
 	// subscriptions; kind is "link", "address" or "route". Messages lost
 	// to an overflow are never seen: a resync follows.
 	EventSeen(kind string)
-	// Resynced is called after each successful resync (Snapshot.Resyncs
+	// Resynced is called after each successful resync (view.Snapshot.Resyncs
 	// counts the same).
 	Resynced()
 }

@@ -42,10 +42,10 @@
 //     it gets one: such a veth is read again after the queue drains, then
 //     every 50 ms for up to 1 s.
 //
-// # Peer facts
+// # view.Peer facts
 //
 // A link with IFLA_LINK and no IFLA_LINK_NETNSID has its peer here
-// (PeerSameNetNS). Otherwise the id is resolved as the watched netns sees
+// (view.PeerSameNetNS). Otherwise the id is resolved as the watched netns sees
 // it: RTM_GETNSID by fd, asked through sockets in the watched netns, first
 // for dockerd's netns, then (ScanNetNS only) for /run/netns/* and
 // /proc/*/ns/net, deduplicated by nsfs dev/inode. Scanned ids are cached;
@@ -53,7 +53,7 @@
 // re-checked (same dev/inode, same id) on every use, and a miss rescans.
 // The peer is then read with sockets in its netns (cached for dockerd's),
 // and a veth points back when its IFLA_LINK is this link and its link-netnsid
-// is the id the peer's netns gives the watched one. Peer facts are re-read
+// is the id the peer's netns gives the watched one. view.Peer facts are re-read
 // on every RTM_NEWLINK of the link and on every resync, not on changes made
 // in the peer's netns (netmon does not watch it).
 //
@@ -61,7 +61,7 @@
 //
 // New opens the netns paths; Start subscribes, lists and starts the loop;
 // Close stops everything and waits. A subscription that dies is replaced
-// (new sockets, then a full list that replaces the state; Snapshot.Resyncs
+// (new sockets, then a full list that replaces the state; view.Snapshot.Resyncs
 // counts these) with a bounded backoff; the loop ends with Err set when that
 // keeps failing or when the watched path no longer opens to the same netns.
 // The open netns and sockets keep the netns alive, so its end is only seen

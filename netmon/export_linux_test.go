@@ -1,5 +1,7 @@
 package netmon
 
+import "github.com/kata-netmon/kata-netmon/netmon/view"
+
 // KillSubscriptions closes the current subscription sockets behind the
 // loop's back, as a socket dying mid-stream would. It reports whether there
 // was a subscription to kill.
@@ -16,7 +18,7 @@ func KillSubscriptions(m *Monitor) bool {
 
 // FreshSnapshot lists the watched netns now, with new handles and a new
 // resolver, through the same code as Start (Generation and Resyncs zero).
-func FreshSnapshot(m *Monitor) (*Snapshot, error) {
+func FreshSnapshot(m *Monitor) (*view.Snapshot, error) {
 	wh, err := newHandleAt(m.watched)
 	if err != nil {
 		return nil, err

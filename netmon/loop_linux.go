@@ -7,6 +7,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/kata-netmon/kata-netmon/netmon/view"
+
 	"github.com/sirupsen/logrus"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -274,7 +276,7 @@ func (m *Monitor) applyAddr(u netlink.AddrUpdate) {
 		m.log.WithFields(logrus.Fields{"ifindex": u.LinkIndex, "ifname": m.ifname(u.LinkIndex), "addr": p, "new": u.NewAddr}).Debug("netlink: address")
 	}
 	if u.NewAddr {
-		m.st.setAddr(u.LinkIndex, Addr{Prefix: p, Scope: u.Scope, Flags: u.Flags})
+		m.st.setAddr(u.LinkIndex, view.Addr{Prefix: p, Scope: u.Scope, Flags: u.Flags})
 	} else {
 		m.st.delAddr(u.LinkIndex, p)
 	}
@@ -293,7 +295,7 @@ func (m *Monitor) applyRoute(u netlink.RouteUpdate) {
 	// that identity for another), IPv6 appends (to an ECMP group, the event
 	// holds only the new nexthop) and multipath routes.
 	if u.NlFlags&unix.NLM_F_REPLACE != 0 || len(u.MultiPath) > 0 ||
-		(r.Family == FamilyV6 && u.NlFlags&unix.NLM_F_APPEND != 0) {
+		(r.Family == view.FamilyV6 && u.NlFlags&unix.NLM_F_APPEND != 0) {
 		m.st.relistRoutes = true
 	}
 	switch u.Type {
@@ -378,7 +380,7 @@ func (m *Monitor) settle() error {
 	return nil
 }
 
-func peerString(p *Peer) string {
+func peerString(p *view.Peer) string {
 	if p == nil {
 		return "none"
 	}

@@ -10,6 +10,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/kata-netmon/kata-netmon/netmon/view"
+
 	"github.com/sirupsen/logrus"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -52,7 +54,7 @@ type Monitor struct {
 	closed  bool
 
 	mu   sync.Mutex
-	snap *Snapshot
+	snap *view.Snapshot
 	err  error
 
 	hmu sync.RWMutex
@@ -122,7 +124,7 @@ func New(cfg Config) (*Monitor, error) {
 		changed: make(chan struct{}, 1),
 		closing: make(chan struct{}),
 		done:    make(chan struct{}),
-		snap:    &Snapshot{Links: map[int]*Link{}},
+		snap:    &view.Snapshot{Links: map[int]*view.Link{}},
 		st:      newState(),
 		retries: map[int]int{},
 		later:   map[int]struct{}{},
@@ -133,7 +135,7 @@ func New(cfg Config) (*Monitor, error) {
 
 // Start subscribes to link, address (IPv4, IPv6) and route (IPv4, IPv6)
 // events in the watched netns, then lists everything, so no change falls in
-// between; it returns once that first view is published (Snapshot is
+// between; it returns once that first view is published (view.Snapshot is
 // complete) and the loop runs. ctx bounds Start only: the monitor runs
 // until Close, or until the netns can no longer be watched (Done, Err). A
 // failed Start leaves the monitor unstarted: Start may be called again.
@@ -201,18 +203,18 @@ func (m *Monitor) handle() (*netlink.Handle, error) {
 	return h, nil
 }
 
-// Snapshot returns a deep copy of the current view; the caller may keep
+// view.Snapshot returns a deep copy of the current view; the caller may keep
 // and modify it. Before Start it is empty (Generation 0).
-func (m *Monitor) Snapshot() *Snapshot {
+func (m *Monitor) Snapshot() *view.Snapshot {
 	m.mu.Lock()
 	s := m.snap
 	m.mu.Unlock()
-	return s.clone() // the published snapshot is immutable: copy outside the lock
+	return s.Clone() // the published snapshot is immutable: copy outside the lock
 }
 
 // Changed returns a channel with room for one notification: a send happens
 // whenever the view changed, and notifications coalesce, so the receiver
-// must re-read Snapshot. Meant for one consumer. Never closed (see Done).
+// must re-read view.Snapshot. Meant for one consumer. Never closed (see Done).
 func (m *Monitor) Changed() <-chan struct{} { return m.changed }
 
 // LinkByName asks the kernel now (not the view) which link of the watched

@@ -6,6 +6,8 @@ import (
 	"context"
 	"errors"
 	"net"
+
+	"github.com/kata-netmon/kata-netmon/netmon/view"
 )
 
 // errUnsupported is what every Monitor operation returns off Linux.
@@ -20,8 +22,8 @@ func New(cfg Config) (*Monitor, error) { return nil, errUnsupported }
 // Start fails off Linux.
 func (m *Monitor) Start(ctx context.Context) error { return errUnsupported }
 
-// Snapshot returns an empty view.
-func (m *Monitor) Snapshot() *Snapshot { return &Snapshot{Links: map[int]*Link{}} }
+// view.Snapshot returns an empty view.
+func (m *Monitor) Snapshot() *view.Snapshot { return &view.Snapshot{Links: map[int]*view.Link{}} }
 
 // Changed never fires off Linux.
 func (m *Monitor) Changed() <-chan struct{} { return nil }

@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kata-netmon/kata-netmon/netmon/view"
+
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"go.uber.org/goleak"
@@ -66,21 +68,21 @@ func (e *env) start(t *testing.T, mod func(*netmon.Config)) *netmon.Monitor {
 }
 
 // waitView waits until cond holds for the monitor's view.
-func waitView(t *testing.T, m *netmon.Monitor, what string, cond func(*netmon.Snapshot) bool) *netmon.Snapshot {
+func waitView(t *testing.T, m *netmon.Monitor, what string, cond func(*view.Snapshot) bool) *view.Snapshot {
 	t.Helper()
 	return netmontest.WaitFor(t, m.Changed(), waitTimeout, what, m.Snapshot, cond)
 }
 
-func waitLink(t *testing.T, m *netmon.Monitor, index int, what string, cond func(*netmon.Link) bool) *netmon.Link {
+func waitLink(t *testing.T, m *netmon.Monitor, index int, what string, cond func(*view.Link) bool) *view.Link {
 	t.Helper()
-	s := waitView(t, m, fmt.Sprintf("ifindex %d: %s", index, what), func(s *netmon.Snapshot) bool {
+	s := waitView(t, m, fmt.Sprintf("ifindex %d: %s", index, what), func(s *view.Snapshot) bool {
 		l := s.Links[index]
 		return l != nil && cond(l)
 	})
 	return s.Links[index]
 }
 
-func hasAddr(l *netmon.Link, p string) bool {
+func hasAddr(l *view.Link, p string) bool {
 	want := netip.MustParsePrefix(p)
 	for _, a := range l.Addrs {
 		if a.Prefix == want {
@@ -90,7 +92,7 @@ func hasAddr(l *netmon.Link, p string) bool {
 	return false
 }
 
-func findRoute(s *netmon.Snapshot, f func(netmon.Route) bool) *netmon.Route {
+func findRoute(s *view.Snapshot, f func(view.Route) bool) *view.Route {
 	for _, r := range s.Routes {
 		if f(r) {
 			return &r
@@ -99,8 +101,8 @@ func findRoute(s *netmon.Snapshot, f func(netmon.Route) bool) *netmon.Route {
 	return nil
 }
 
-func routesVia(s *netmon.Snapshot, index int) []netmon.Route {
-	var out []netmon.Route
+func routesVia(s *view.Snapshot, index int) []view.Route {
+	var out []view.Route
 	for _, r := range s.Routes {
 		if r.LinkIndex == index {
 			out = append(out, r)
@@ -140,15 +142,15 @@ func linkUp(t *testing.T, h *netlink.Handle, l netlink.Link) {
 }
 
 // equalViews compares two snapshots' links and routes.
-func equalViews(a, b *netmon.Snapshot) bool {
+func equalViews(a, b *view.Snapshot) bool {
 	return reflect.DeepEqual(a.Links, b.Links) && reflect.DeepEqual(a.Routes, b.Routes)
 }
 
 // waitFresh waits until the view equals what a fresh list gives.
 func waitFresh(t *testing.T, m *netmon.Monitor) {
 	t.Helper()
-	var fresh *netmon.Snapshot
-	waitView(t, m, "view equal to a fresh list", func(s *netmon.Snapshot) bool {
+	var fresh *view.Snapshot
+	waitView(t, m, "view equal to a fresh list", func(s *view.Snapshot) bool {
 		var err error
 		if fresh, err = netmon.FreshSnapshot(m); err != nil {
 			t.Fatalf("fresh list: %v", err)
@@ -190,7 +192,7 @@ func TestInitialList(t *testing.T) {
 		la.ParentIndex != b.Attrs().Index {
 		t.Errorf("veth = %+v", la)
 	}
-	if la.Peer == nil || la.Peer.State != netmon.PeerSameNetNS {
+	if la.Peer == nil || la.Peer.State != view.PeerSameNetNS {
 		t.Errorf("peer = %+v, want same-netns", la.Peer)
 	}
 	for _, p := range []string{"10.61.0.2/24", "fd61::2/64"} {
@@ -198,17 +200,17 @@ func TestInitialList(t *testing.T) {
 			t.Errorf("address %s missing: %+v", p, la.Addrs)
 		}
 	}
-	def := findRoute(s, func(r netmon.Route) bool { return r.Default() && r.Family == netmon.FamilyV4 })
+	def := findRoute(s, func(r view.Route) bool { return r.Default() && r.Family == view.FamilyV4 })
 	if def == nil || def.Gateway != netip.MustParseAddr("10.61.0.1") || def.LinkIndex != la.Index ||
-		def.Table != netmon.TableMain || !def.Dst.IsValid() {
+		def.Table != view.TableMain || !def.Dst.IsValid() {
 		t.Errorf("default route = %+v", def)
 	}
-	if r := findRoute(s, func(r netmon.Route) bool { return r.Table == 100 }); r == nil ||
+	if r := findRoute(s, func(r view.Route) bool { return r.Table == 100 }); r == nil ||
 		r.Dst != netip.MustParsePrefix("10.62.0.0/16") {
 		t.Errorf("table 100 route = %+v", r)
 	}
-	if r := findRoute(s, func(r netmon.Route) bool {
-		return r.Dst == netip.MustParsePrefix("10.61.0.0/24") && r.Protocol == netmon.RouteProtoKernel
+	if r := findRoute(s, func(r view.Route) bool {
+		return r.Dst == netip.MustParsePrefix("10.61.0.0/24") && r.Protocol == view.RouteProtoKernel
 	}); r == nil {
 		t.Errorf("kernel prefix route 10.61.0.0/24 missing: %+v", s.Routes)
 	}
@@ -237,7 +239,7 @@ func TestSnapshotIsACopy(t *testing.T) {
 		l.Name = "mangled"
 		l.MAC = nil
 	}
-	s.Links[9999] = &netmon.Link{}
+	s.Links[9999] = &view.Link{}
 	for _, l := range m.Snapshot().Links {
 		if l.Name == "mangled" {
 			t.Fatal("modifying a snapshot changed the monitor's view")
@@ -260,12 +262,12 @@ func TestNewLinkRenameKeepsIndex(t *testing.T) {
 		t.Fatal(err)
 	}
 	idx := l.Attrs().Index
-	before := waitLink(t, m, idx, "ifb appears", func(l *netmon.Link) bool { return l.Name == name })
+	before := waitLink(t, m, idx, "ifb appears", func(l *view.Link) bool { return l.Name == name })
 	if before.Kind != "ifb" {
 		t.Errorf("kind = %q, want ifb", before.Kind)
 	}
 	netmontest.AddAddr(t, e.Sandbox, idx, "10.63.0.1/24")
-	waitLink(t, m, idx, "address", func(l *netmon.Link) bool { return hasAddr(l, "10.63.0.1/24") })
+	waitLink(t, m, idx, "address", func(l *view.Link) bool { return hasAddr(l, "10.63.0.1/24") })
 
 	renamed := netmontest.RandName()
 	if err := e.Sandbox.LinkSetName(l, renamed); err != nil {
@@ -274,7 +276,7 @@ func TestNewLinkRenameKeepsIndex(t *testing.T) {
 	if err := e.Sandbox.LinkSetMTU(l, 1400); err != nil {
 		t.Fatal(err)
 	}
-	after := waitLink(t, m, idx, "renamed, MTU 1400", func(l *netmon.Link) bool { return l.Name == renamed && l.MTU == 1400 })
+	after := waitLink(t, m, idx, "renamed, MTU 1400", func(l *view.Link) bool { return l.Name == renamed && l.MTU == 1400 })
 	if !hasAddr(after, "10.63.0.1/24") {
 		t.Errorf("NEWLINK dropped the addresses: %+v", after.Addrs)
 	}
@@ -285,7 +287,7 @@ func TestNewLinkRenameKeepsIndex(t *testing.T) {
 	if err := e.Sandbox.LinkDel(l); err != nil {
 		t.Fatal(err)
 	}
-	s := waitView(t, m, "ifb deleted", func(s *netmon.Snapshot) bool { return s.Links[idx] == nil })
+	s := waitView(t, m, "ifb deleted", func(s *view.Snapshot) bool { return s.Links[idx] == nil })
 	if s.Generation <= gen {
 		t.Errorf("Generation did not increase: %d -> %d", gen, s.Generation)
 	}
@@ -300,7 +302,7 @@ func TestAddrAddDel(t *testing.T) {
 	for _, p := range []string{"10.64.0.2/24", "10.64.1.2/32", "fd64::2/64"} {
 		t.Run(p, func(t *testing.T) {
 			netmontest.AddAddr(t, e.Sandbox, idx, p)
-			l := waitLink(t, m, idx, "added "+p, func(l *netmon.Link) bool { return hasAddr(l, p) })
+			l := waitLink(t, m, idx, "added "+p, func(l *view.Link) bool { return hasAddr(l, p) })
 			for _, ad := range l.Addrs {
 				if ad.Prefix.String() == p && ad.Scope != int(netlink.SCOPE_UNIVERSE) {
 					t.Errorf("scope = %d", ad.Scope)
@@ -310,7 +312,7 @@ func TestAddrAddDel(t *testing.T) {
 			if err := e.Sandbox.AddrDel(a, addr); err != nil {
 				t.Fatal(err)
 			}
-			waitLink(t, m, idx, "deleted "+p, func(l *netmon.Link) bool { return !hasAddr(l, p) })
+			waitLink(t, m, idx, "deleted "+p, func(l *view.Link) bool { return !hasAddr(l, p) })
 		})
 	}
 	waitFresh(t, m)
@@ -334,20 +336,20 @@ func TestRoutesAndLinkDown(t *testing.T) {
 			t.Fatalf("add %v: %v", r, err)
 		}
 	}
-	s := waitView(t, m, "routes", func(s *netmon.Snapshot) bool {
-		return findRoute(s, func(r netmon.Route) bool { return r.Default() && r.Family == netmon.FamilyV4 }) != nil &&
-			findRoute(s, func(r netmon.Route) bool { return r.Default() && r.Family == netmon.FamilyV6 }) != nil &&
-			findRoute(s, func(r netmon.Route) bool { return r.Dst.String() == "10.66.0.0/16" && r.Priority == 10 }) != nil
+	s := waitView(t, m, "routes", func(s *view.Snapshot) bool {
+		return findRoute(s, func(r view.Route) bool { return r.Default() && r.Family == view.FamilyV4 }) != nil &&
+			findRoute(s, func(r view.Route) bool { return r.Default() && r.Family == view.FamilyV6 }) != nil &&
+			findRoute(s, func(r view.Route) bool { return r.Dst.String() == "10.66.0.0/16" && r.Priority == 10 }) != nil
 	})
-	if d := findRoute(s, func(r netmon.Route) bool { return r.Default() && r.Family == netmon.FamilyV6 }); d.Dst != netip.MustParsePrefix("::/0") {
+	if d := findRoute(s, func(r view.Route) bool { return r.Default() && r.Family == view.FamilyV6 }); d.Dst != netip.MustParsePrefix("::/0") {
 		t.Errorf("IPv6 default Dst = %v", d.Dst)
 	}
 	// Delete one route: DELROUTE.
 	if err := e.Sandbox.RouteDel(&netlink.Route{LinkIndex: idx, Dst: mustCIDR("10.66.0.0/16"), Gw: net.ParseIP("10.65.0.1"), Priority: 10}); err != nil {
 		t.Fatal(err)
 	}
-	waitView(t, m, "10.66/16 gone", func(s *netmon.Snapshot) bool {
-		return findRoute(s, func(r netmon.Route) bool { return r.Dst.String() == "10.66.0.0/16" }) == nil
+	waitView(t, m, "10.66/16 gone", func(s *view.Snapshot) bool {
+		return findRoute(s, func(r view.Route) bool { return r.Dst.String() == "10.66.0.0/16" }) == nil
 	})
 	waitFresh(t, m)
 
@@ -355,9 +357,9 @@ func TestRoutesAndLinkDown(t *testing.T) {
 	if err := e.Sandbox.LinkSetDown(a); err != nil {
 		t.Fatal(err)
 	}
-	s = waitView(t, m, "no IPv4 route through the down link", func(s *netmon.Snapshot) bool {
+	s = waitView(t, m, "no IPv4 route through the down link", func(s *view.Snapshot) bool {
 		for _, r := range routesVia(s, idx) {
-			if r.Family == netmon.FamilyV4 && r.Table == netmon.TableMain {
+			if r.Family == view.FamilyV4 && r.Table == view.TableMain {
 				return false
 			}
 		}
@@ -378,12 +380,12 @@ func TestBridgePortReleaseKeepsLink(t *testing.T) {
 	if err := e.Sandbox.LinkSetMaster(a, br); err != nil {
 		t.Fatal(err)
 	}
-	waitLink(t, m, idx, "enslaved", func(l *netmon.Link) bool { return l.MasterIndex == br.Index })
+	waitLink(t, m, idx, "enslaved", func(l *view.Link) bool { return l.MasterIndex == br.Index })
 	if err := e.Sandbox.LinkSetNoMaster(a); err != nil {
 		t.Fatal(err)
 	}
 	// The kernel sends an AF_BRIDGE RTM_DELLINK here; the link must stay.
-	waitLink(t, m, idx, "released", func(l *netmon.Link) bool { return l.MasterIndex == 0 })
+	waitLink(t, m, idx, "released", func(l *view.Link) bool { return l.MasterIndex == 0 })
 	waitFresh(t, m)
 	if m.Snapshot().Links[idx] == nil {
 		t.Fatal("link vanished after leaving its bridge")
@@ -412,14 +414,14 @@ func TestDockerSequence(t *testing.T) {
 			ep := tc.veth(t, e.DockerdNS, e.SandboxNS, br.Name)
 			// Even before any further change, the view ties the veth to
 			// its peer (a created-there veth is announced untied).
-			first := waitLink(t, m, ep.Index, "veth tied to its peer", func(l *netmon.Link) bool {
-				return l.ParentIndex == ep.HostIndex && l.Peer != nil && l.Peer.State == netmon.PeerResolved
+			first := waitLink(t, m, ep.Index, "veth tied to its peer", func(l *view.Link) bool {
+				return l.ParentIndex == ep.HostIndex && l.Peer != nil && l.Peer.State == view.PeerResolved
 			})
 			t.Logf("before the rename: name %s link %d link-netnsid %d peer %+v", first.Name, first.ParentIndex, first.LinkNetNSID, first.Peer)
 
 			ep.Rename("eth0")
-			l := waitLink(t, m, ep.Index, "renamed eth0 with its peer resolved", func(l *netmon.Link) bool {
-				return l.Name == "eth0" && l.Peer != nil && l.Peer.State == netmon.PeerResolved
+			l := waitLink(t, m, ep.Index, "renamed eth0 with its peer resolved", func(l *view.Link) bool {
+				return l.Name == "eth0" && l.Peer != nil && l.Peer.State == view.PeerResolved
 			})
 			if l.LinkNetNSID < 0 || l.ParentIndex != ep.HostIndex {
 				t.Errorf("eth0 link %d link-netnsid %d, want link %d and an id", l.ParentIndex, l.LinkNetNSID, ep.HostIndex)
@@ -430,14 +432,14 @@ func TestDockerSequence(t *testing.T) {
 			ep.Up()
 			ep.AddDefaultRoute("172.18.0.1")
 
-			s := waitView(t, m, "configured eth0", func(s *netmon.Snapshot) bool {
+			s := waitView(t, m, "configured eth0", func(s *view.Snapshot) bool {
 				l := s.Links[ep.Index]
 				return l != nil && l.MAC.String() == "02:42:ac:12:00:02" && l.Up() &&
 					hasAddr(l, "172.18.0.2/16") && hasAddr(l, "fd18::2/64") &&
-					findRoute(s, func(r netmon.Route) bool { return r.Default() && r.LinkIndex == ep.Index }) != nil
+					findRoute(s, func(r view.Route) bool { return r.Default() && r.LinkIndex == ep.Index }) != nil
 			})
 			p := s.Links[ep.Index].Peer
-			want := netmon.Peer{State: netmon.PeerResolved, NetNS: e.DockerdPath, Found: true,
+			want := view.Peer{State: view.PeerResolved, NetNS: e.DockerdPath, Found: true,
 				Name: ep.HostName, Kind: "veth", PointsBack: true, MasterIndex: br.Index, MasterKind: "bridge"}
 			if p == nil || *p != want {
 				t.Errorf("peer = %+v\nwant   %+v", p, want)
@@ -450,7 +452,7 @@ func TestDockerSequence(t *testing.T) {
 			}
 			ep.Rename("veth" + netmontest.RandName()[4:11])
 			ep.MoveTo(e.DockerdNS)
-			s = waitView(t, m, "moved-out link gone", func(s *netmon.Snapshot) bool { return s.Links[ep.Index] == nil })
+			s = waitView(t, m, "moved-out link gone", func(s *view.Snapshot) bool { return s.Links[ep.Index] == nil })
 			if rs := routesVia(s, ep.Index); len(rs) > 0 {
 				t.Errorf("routes through the moved-out link remain: %+v", rs)
 			}
@@ -464,8 +466,8 @@ func TestPeerSameNetNS(t *testing.T) {
 	m := e.start(t, nil)
 	a, b := vethPair(t, e.Sandbox)
 	for _, l := range []netlink.Link{a, b} {
-		waitLink(t, m, l.Attrs().Index, "same-netns peer", func(l *netmon.Link) bool {
-			return l.Peer != nil && l.Peer.State == netmon.PeerSameNetNS && l.LinkNetNSID == -1
+		waitLink(t, m, l.Attrs().Index, "same-netns peer", func(l *view.Link) bool {
+			return l.Peer != nil && l.Peer.State == view.PeerSameNetNS && l.LinkNetNSID == -1
 		})
 	}
 }
@@ -479,8 +481,8 @@ func TestPeerForeignNetNS(t *testing.T) {
 			ep := netmontest.VethToNetNS(t, otherNS, e.SandboxNS, "")
 			ep.Rename("eth0")
 			if !scan {
-				l := waitLink(t, m, ep.Index, "foreign peer", func(l *netmon.Link) bool {
-					return l.Name == "eth0" && l.Peer != nil && l.Peer.State == netmon.PeerForeignNetNS
+				l := waitLink(t, m, ep.Index, "foreign peer", func(l *view.Link) bool {
+					return l.Name == "eth0" && l.Peer != nil && l.Peer.State == view.PeerForeignNetNS
 				})
 				if l.Peer.Found {
 					t.Errorf("foreign peer read anyway: %+v", l.Peer)
@@ -488,8 +490,8 @@ func TestPeerForeignNetNS(t *testing.T) {
 				return
 			}
 			// Scanning finds the third netns in /run/netns and accepts it.
-			l := waitLink(t, m, ep.Index, "scanned peer", func(l *netmon.Link) bool {
-				return l.Name == "eth0" && l.Peer != nil && l.Peer.State == netmon.PeerResolved
+			l := waitLink(t, m, ep.Index, "scanned peer", func(l *view.Link) bool {
+				return l.Name == "eth0" && l.Peer != nil && l.Peer.State == view.PeerResolved
 			})
 			if p := l.Peer; p.NetNS != otherPath || !p.Found || !p.PointsBack || p.MasterIndex != 0 {
 				t.Errorf("peer = %+v, want found in %s, pointing back, no master", p, otherPath)
@@ -516,15 +518,15 @@ func TestScanCacheRevalidated(t *testing.T) {
 		}
 		ep := netmontest.VethToNetNS(t, ns, e.SandboxNS, "")
 		ep.Rename(fmt.Sprintf("eth%d", i))
-		l := waitLink(t, m, ep.Index, "scanned peer", func(l *netmon.Link) bool {
-			return l.Name == fmt.Sprintf("eth%d", i) && l.Peer != nil && l.Peer.State == netmon.PeerResolved &&
+		l := waitLink(t, m, ep.Index, "scanned peer", func(l *view.Link) bool {
+			return l.Name == fmt.Sprintf("eth%d", i) && l.Peer != nil && l.Peer.State == view.PeerResolved &&
 				l.Peer.NetNS == path && l.Peer.PointsBack && l.Peer.Name == ep.HostName
 		})
 		ids[l.LinkNetNSID]++
 		// Kill this netns: the pair dies with it and its id is freed.
 		ep.Close()
 		netmontest.DeleteNetNS(t, path)
-		waitView(t, m, "veth gone with its peer netns", func(s *netmon.Snapshot) bool { return s.Links[ep.Index] == nil })
+		waitView(t, m, "veth gone with its peer netns", func(s *view.Snapshot) bool { return s.Links[ep.Index] == nil })
 	}
 	t.Logf("link-netnsids used: %v", ids)
 	if len(ids) == 3 {
@@ -559,10 +561,10 @@ func TestMacvlanParentInDockerdNetNS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l := waitLink(t, m, sl.Attrs().Index, "macvlan with resolved parent", func(l *netmon.Link) bool {
-		return l.Peer != nil && l.Peer.State == netmon.PeerResolved
+	l := waitLink(t, m, sl.Attrs().Index, "macvlan with resolved parent", func(l *view.Link) bool {
+		return l.Peer != nil && l.Peer.State == view.PeerResolved
 	})
-	want := netmon.Peer{State: netmon.PeerResolved, NetNS: e.DockerdPath, Found: true, Name: parent, Kind: "ifb"}
+	want := view.Peer{State: view.PeerResolved, NetNS: e.DockerdPath, Found: true, Name: parent, Kind: "ifb"}
 	if l.Kind != "macvlan" || l.ParentIndex != pl.Attrs().Index || *l.Peer != want {
 		t.Errorf("macvlan %+v peer %+v, want parent %d and %+v", l, l.Peer, pl.Attrs().Index, want)
 	}
@@ -617,7 +619,7 @@ func TestResyncAfterENOBUFS(t *testing.T) {
 		}
 	}
 	netmontest.AddAddr(t, e.Sandbox, a.Attrs().Index, "10.68.0.1/24")
-	waitLink(t, m, a.Attrs().Index, "marker address", func(l *netmon.Link) bool { return hasAddr(l, "10.68.0.1/24") })
+	waitLink(t, m, a.Attrs().Index, "marker address", func(l *view.Link) bool { return hasAddr(l, "10.68.0.1/24") })
 	waitFresh(t, m)
 	select {
 	case <-m.Done():
@@ -638,12 +640,12 @@ func TestResyncAfterKilledSubscription(t *testing.T) {
 		}
 		// Changes made while the subscription is dead are in the re-list.
 		netmontest.AddAddr(t, e.Sandbox, a.Attrs().Index, fmt.Sprintf("10.69.0.%d/24", i))
-		waitView(t, m, fmt.Sprintf("resync %d", i), func(s *netmon.Snapshot) bool { return s.Resyncs == uint64(i) })
-		waitLink(t, m, a.Attrs().Index, "address", func(l *netmon.Link) bool { return hasAddr(l, fmt.Sprintf("10.69.0.%d/24", i)) })
+		waitView(t, m, fmt.Sprintf("resync %d", i), func(s *view.Snapshot) bool { return s.Resyncs == uint64(i) })
+		waitLink(t, m, a.Attrs().Index, "address", func(l *view.Link) bool { return hasAddr(l, fmt.Sprintf("10.69.0.%d/24", i)) })
 	}
 	// The new subscription works.
 	netmontest.AddAddr(t, e.Sandbox, a.Attrs().Index, "fd69::1/64")
-	waitLink(t, m, a.Attrs().Index, "address after resync", func(l *netmon.Link) bool { return hasAddr(l, "fd69::1/64") })
+	waitLink(t, m, a.Attrs().Index, "address after resync", func(l *view.Link) bool { return hasAddr(l, "fd69::1/64") })
 	waitFresh(t, m)
 }
 
@@ -720,7 +722,7 @@ func TestCloseLifecycle(t *testing.T) {
 		}
 		cancel()
 		a, _ := vethPair(t, e.Sandbox)
-		waitLink(t, m, a.Attrs().Index, "still watching", func(*netmon.Link) bool { return true })
+		waitLink(t, m, a.Attrs().Index, "still watching", func(*view.Link) bool { return true })
 	})
 	t.Run("concurrently with events", func(t *testing.T) {
 		a, _ := vethPair(t, e.Sandbox)
@@ -743,7 +745,7 @@ func TestCloseLifecycle(t *testing.T) {
 		}()
 		// Let events flow, then close from several goroutines at once,
 		// with readers still using the monitor.
-		waitView(t, m, "events flowing", func(s *netmon.Snapshot) bool { return s.Generation > 5 })
+		waitView(t, m, "events flowing", func(s *view.Snapshot) bool { return s.Generation > 5 })
 		var cwg sync.WaitGroup
 		for i := 0; i < 4; i++ {
 			cwg.Add(2)
@@ -839,7 +841,7 @@ func TestNewErrors(t *testing.T) {
 }
 
 // BenchmarkEventToView measures the time from a netlink change in the
-// watched netns to the view reflecting it (Changed fired, Snapshot shows it).
+// watched netns to the view reflecting it (Changed fired, view.Snapshot shows it).
 func BenchmarkEventToView(b *testing.B) {
 	netmontest.RequireRoot(b)
 	path, ns := netmontest.NewNetNS(b)
@@ -863,7 +865,7 @@ func BenchmarkEventToView(b *testing.B) {
 	}
 	addr, _ := netlink.ParseAddr("10.71.0.1/32")
 	present, up := false, false // toggled across runs: the benchmark function runs several times
-	wait := func(b *testing.B, ok func(*netmon.Link) bool) {
+	wait := func(b *testing.B, ok func(*view.Link) bool) {
 		timeout := time.NewTimer(waitTimeout)
 		defer timeout.Stop()
 		for {
@@ -888,7 +890,7 @@ func BenchmarkEventToView(b *testing.B) {
 				b.Fatal(err)
 			}
 			present = !present
-			wait(b, func(ll *netmon.Link) bool { return hasAddr(ll, "10.71.0.1/32") == present })
+			wait(b, func(ll *view.Link) bool { return hasAddr(ll, "10.71.0.1/32") == present })
 		}
 	})
 	b.Run("link", func(b *testing.B) {
@@ -902,7 +904,7 @@ func BenchmarkEventToView(b *testing.B) {
 				b.Fatal(err)
 			}
 			up = !up
-			wait(b, func(ll *netmon.Link) bool { return ll.Up() == up })
+			wait(b, func(ll *view.Link) bool { return ll.Up() == up })
 		}
 	})
 }
@@ -927,14 +929,14 @@ func TestIncarnationOnRecreate(t *testing.T) {
 		return l.Attrs().Index
 	}
 	idx := add()
-	first := waitLink(t, m, idx, "ifb appears", func(l *netmon.Link) bool { return l.Name == name })
+	first := waitLink(t, m, idx, "ifb appears", func(l *view.Link) bool { return l.Name == name })
 	if err := e.Sandbox.LinkDel(&netlink.Ifb{LinkAttrs: netlink.LinkAttrs{Index: idx}}); err != nil {
 		t.Fatal(err)
 	}
 	if again := add(); again != idx {
 		t.Fatalf("re-created on ifindex %d, want %d", again, idx)
 	}
-	second := waitLink(t, m, idx, "re-created", func(l *netmon.Link) bool { return l.Incarnation != first.Incarnation })
+	second := waitLink(t, m, idx, "re-created", func(l *view.Link) bool { return l.Incarnation != first.Incarnation })
 	if second.Name != first.Name || second.MAC.String() != first.MAC.String() {
 		t.Fatalf("re-created link differs: %+v vs %+v", second, first)
 	}
@@ -943,7 +945,7 @@ func TestIncarnationOnRecreate(t *testing.T) {
 	if err := e.Sandbox.LinkSetName(&netlink.Ifb{LinkAttrs: netlink.LinkAttrs{Index: idx}}, renamed); err != nil {
 		t.Fatal(err)
 	}
-	third := waitLink(t, m, idx, "renamed", func(l *netmon.Link) bool { return l.Name == renamed })
+	third := waitLink(t, m, idx, "renamed", func(l *view.Link) bool { return l.Name == renamed })
 	if third.Incarnation != second.Incarnation {
 		t.Errorf("rename changed the incarnation: %d -> %d", second.Incarnation, third.Incarnation)
 	}

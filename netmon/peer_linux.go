@@ -5,6 +5,8 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/kata-netmon/kata-netmon/netmon/view"
+
 	"github.com/sirupsen/logrus"
 	"github.com/vishvananda/netlink"
 )
@@ -35,31 +37,31 @@ func (r *resolver) close() {
 }
 
 // resolve returns the peer facts of l. wh is a handle in the watched netns.
-func (r *resolver) resolve(wh *netlink.Handle, l *Link) *Peer {
+func (r *resolver) resolve(wh *netlink.Handle, l *view.Link) *view.Peer {
 	if l.ParentIndex == 0 {
 		// Docker's veth right after the move: IFLA_LINK not tied yet.
 		return nil
 	}
 	if l.LinkNetNSID < 0 {
-		return &Peer{State: PeerSameNetNS}
+		return &view.Peer{State: view.PeerSameNetNS}
 	}
 	id := l.LinkNetNSID
 
 	// dockerd's netns first: ask the watched netns which id it gives it.
 	did, err := wh.GetNetNsIdByFd(r.dockerd.fd)
 	if err != nil {
-		return &Peer{State: PeerError, Err: fmt.Sprintf("RTM_GETNSID for %q in the watched netns: %v", r.dockerd.path, err)}
+		return &view.Peer{State: view.PeerError, Err: fmt.Sprintf("RTM_GETNSID for %q in the watched netns: %v", r.dockerd.path, err)}
 	}
 	if did == id {
 		if r.dh == nil {
 			if r.dh, err = newHandleAt(r.dockerd); err != nil {
-				return &Peer{State: PeerError, NetNS: r.dockerd.path, Err: err.Error()}
+				return &view.Peer{State: view.PeerError, NetNS: r.dockerd.path, Err: err.Error()}
 			}
 		}
 		return r.readPeer(r.dh, r.dockerd.path, l)
 	}
 	if !r.scan {
-		return &Peer{State: PeerForeignNetNS}
+		return &view.Peer{State: view.PeerForeignNetNS}
 	}
 
 	ns, ok := r.openCached(wh, id)
@@ -68,12 +70,12 @@ func (r *resolver) resolve(wh *netlink.Handle, l *Link) *Peer {
 		ns, ok = r.openCached(wh, id)
 	}
 	if !ok {
-		return &Peer{State: PeerForeignNetNS}
+		return &view.Peer{State: view.PeerForeignNetNS}
 	}
 	defer ns.close()
 	h, err := newHandleAt(ns)
 	if err != nil {
-		return &Peer{State: PeerError, NetNS: ns.path, Err: err.Error()}
+		return &view.Peer{State: view.PeerError, NetNS: ns.path, Err: err.Error()}
 	}
 	defer h.Close()
 	return r.readPeer(h, ns.path, l)
@@ -81,10 +83,10 @@ func (r *resolver) resolve(wh *netlink.Handle, l *Link) *Peer {
 
 // readPeer reads the link at l.ParentIndex through h (sockets in the netns
 // where that index is valid) and, for a veth, whether it points back.
-func (r *resolver) readPeer(h *netlink.Handle, path string, l *Link) *Peer {
-	p := &Peer{State: PeerResolved, NetNS: path}
-	fail := func(format string, args ...any) *Peer {
-		return &Peer{State: PeerError, NetNS: path, Err: fmt.Sprintf(format, args...)}
+func (r *resolver) readPeer(h *netlink.Handle, path string, l *view.Link) *view.Peer {
+	p := &view.Peer{State: view.PeerResolved, NetNS: path}
+	fail := func(format string, args ...any) *view.Peer {
+		return &view.Peer{State: view.PeerError, NetNS: path, Err: fmt.Sprintf(format, args...)}
 	}
 	pl, err := h.LinkByIndex(l.ParentIndex)
 	if err != nil {

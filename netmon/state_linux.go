@@ -8,6 +8,8 @@ import (
 	"net/netip"
 	"slices"
 
+	"github.com/kata-netmon/kata-netmon/netmon/view"
+
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
@@ -47,14 +49,14 @@ func compareRouteKeys(a, b routeKey) int {
 // state is the working view. It is owned by one goroutine at a time: Start
 // before the loop runs, then the loop (see Monitor).
 type state struct {
-	links map[int]*Link // by ifindex; Addrs always nil here (see addrs)
+	links map[int]*view.Link // by ifindex; Addrs always nil here (see addrs)
 	// addrs is kept apart from links because the three subscriptions are
 	// three sockets with no order between them: a NEWADDR can be read
 	// before the NEWLINK of its link. Snapshots attach addrs to known links.
-	addrs  map[int]map[netip.Prefix]Addr
-	routes map[routeKey]Route
+	addrs  map[int]map[netip.Prefix]view.Addr
+	routes map[routeKey]view.Route
 
-	// incarnations numbers links as they appear (Link.Incarnation). A
+	// incarnations numbers links as they appear (view.Link.Incarnation). A
 	// re-list carries it over for a link it finds with the same ifindex
 	// and MAC: it cannot tell a missed delete and re-create apart.
 	incarnations uint64
@@ -69,9 +71,9 @@ type state struct {
 
 func newState() *state {
 	return &state{
-		links:     map[int]*Link{},
-		addrs:     map[int]map[netip.Prefix]Addr{},
-		routes:    map[routeKey]Route{},
+		links:     map[int]*view.Link{},
+		addrs:     map[int]map[netip.Prefix]view.Addr{},
+		routes:    map[routeKey]view.Route{},
 		peerDirty: map[int]struct{}{},
 		requery:   map[int]struct{}{},
 	}
@@ -80,7 +82,7 @@ func newState() *state {
 // operStates names IF_OPER_* (RFC 2863) as iproute2 prints them, lowercased.
 var operStates = [...]string{"unknown", "notpresent", "down", "lowerlayerdown", "testing", "dormant", "up"}
 
-func linkFromNetlink(nl netlink.Link) *Link {
+func linkFromNetlink(nl netlink.Link) *view.Link {
 	a := nl.Attrs()
 	op := "unknown"
 	if int(a.OperState) < len(operStates) {
@@ -90,7 +92,7 @@ func linkFromNetlink(nl netlink.Link) *Link {
 	if len(a.HardwareAddr) > 0 {
 		mac = slices.Clone(a.HardwareAddr)
 	}
-	return &Link{
+	return &view.Link{
 		Index:       a.Index,
 		Name:        a.Name,
 		Kind:        nl.Type(),
@@ -104,15 +106,15 @@ func linkFromNetlink(nl netlink.Link) *Link {
 	}
 }
 
-// sameLinkAttrs compares what a NEWLINK carries (not Addrs, not Peer).
-func sameLinkAttrs(a, b *Link) bool {
+// sameLinkAttrs compares what a NEWLINK carries (not Addrs, not view.Peer).
+func sameLinkAttrs(a, b *view.Link) bool {
 	return a.Index == b.Index && a.Name == b.Name && a.Kind == b.Kind &&
 		bytes.Equal(a.MAC, b.MAC) && a.MTU == b.MTU && a.RawFlags == b.RawFlags &&
 		a.OperState == b.OperState && a.ParentIndex == b.ParentIndex &&
 		a.LinkNetNSID == b.LinkNetNSID && a.MasterIndex == b.MasterIndex
 }
 
-func samePeer(a, b *Peer) bool {
+func samePeer(a, b *view.Peer) bool {
 	if a == nil || b == nil {
 		return a == b
 	}
@@ -149,7 +151,7 @@ func addrOf(family int, ip net.IP) netip.Addr {
 	if len(ip) == 0 {
 		return netip.Addr{}
 	}
-	if family == FamilyV4 {
+	if family == view.FamilyV4 {
 		if ip4 := ip.To4(); ip4 != nil {
 			return netip.AddrFrom4([4]byte(ip4))
 		}
@@ -163,23 +165,23 @@ func addrOf(family int, ip net.IP) netip.Addr {
 // keep: families other than IPv4/IPv6 (an AF_UNSPEC dump also returns
 // multicast routing tables) and cloned routes (PMTU/redirect exceptions,
 // which dumps leave out too).
-func routeFromNetlink(r netlink.Route) (Route, routeKey, bool) {
-	if r.Family != FamilyV4 && r.Family != FamilyV6 {
-		return Route{}, routeKey{}, false
+func routeFromNetlink(r netlink.Route) (view.Route, routeKey, bool) {
+	if r.Family != view.FamilyV4 && r.Family != view.FamilyV6 {
+		return view.Route{}, routeKey{}, false
 	}
 	if r.Flags&unix.RTM_F_CLONED != 0 {
-		return Route{}, routeKey{}, false
+		return view.Route{}, routeKey{}, false
 	}
 	dst, ok := prefixFromIPNet(r.Dst)
 	if !ok {
 		// A route without RTA_DST is a default route.
-		if r.Family == FamilyV4 {
+		if r.Family == view.FamilyV4 {
 			dst = netip.PrefixFrom(netip.IPv4Unspecified(), 0)
 		} else {
 			dst = netip.PrefixFrom(netip.IPv6Unspecified(), 0)
 		}
 	}
-	out := Route{
+	out := view.Route{
 		Family:    r.Family,
 		Dst:       dst,
 		Gateway:   addrOf(r.Family, r.Gw),
@@ -217,7 +219,7 @@ func (s *state) inherit(old *state) {
 	s.incarnations = next
 }
 
-func sortedKeys(m map[int]*Link) []int {
+func sortedKeys(m map[int]*view.Link) []int {
 	out := make([]int, 0, len(m))
 	for k := range m {
 		out = append(out, k)
@@ -228,7 +230,7 @@ func sortedKeys(m map[int]*Link) []int {
 
 // setLink applies RTM_NEWLINK (AF_UNSPEC). It replaces the link's attributes
 // (addresses are kept apart) and marks its peer facts for re-reading.
-func (s *state) setLink(l *Link) {
+func (s *state) setLink(l *view.Link) {
 	old := s.links[l.Index]
 	s.peerDirty[l.Index] = struct{}{}
 	if l.Kind == "veth" && l.ParentIndex == 0 {
@@ -258,7 +260,7 @@ func (s *state) setLink(l *Link) {
 	// any RTM_DELROUTE, and flags routes RTNH_F_LINKDOWN (also silently)
 	// when the carrier goes: re-list routes on either transition. IPv6
 	// addresses removed on down do come with RTM_DELADDR.
-	const watched = FlagUp | FlagLowerUp
+	const watched = view.FlagUp | view.FlagLowerUp
 	if old.RawFlags&watched != l.RawFlags&watched {
 		s.relistRoutes = true
 	}
@@ -269,7 +271,7 @@ func (s *state) setLink(l *Link) {
 	// its addresses (seen: dual-stack eth0 attached with IPv4 only). Re-list
 	// addresses when the flags that make a link ready change, so the view
 	// published with them has every address the kernel had by then.
-	const ready = FlagUp | FlagRunning | FlagLowerUp
+	const ready = view.FlagUp | view.FlagRunning | view.FlagLowerUp
 	if old.RawFlags&ready != l.RawFlags&ready {
 		s.relistAddrs = true
 	}
@@ -300,10 +302,10 @@ func (s *state) delLink(index int) {
 	s.relistRoutes = true
 }
 
-func (s *state) setAddr(index int, a Addr) {
+func (s *state) setAddr(index int, a view.Addr) {
 	set := s.addrs[index]
 	if set == nil {
-		set = map[netip.Prefix]Addr{}
+		set = map[netip.Prefix]view.Addr{}
 		s.addrs[index] = set
 	}
 	if old, ok := set[a.Prefix]; ok && old == a {
@@ -334,7 +336,7 @@ func (s *state) delAddr(index int, p netip.Prefix) {
 	}
 }
 
-func (s *state) setRoute(k routeKey, r Route) {
+func (s *state) setRoute(k routeKey, r view.Route) {
 	if old, ok := s.routes[k]; !ok || old != r {
 		s.routes[k] = r
 		s.changed = true
@@ -358,7 +360,7 @@ func (s *state) delRoute(k routeKey) {
 }
 
 func (s *state) replaceAddrs(list []netlink.Addr) {
-	next := map[int]map[netip.Prefix]Addr{}
+	next := map[int]map[netip.Prefix]view.Addr{}
 	for _, a := range list {
 		p, ok := prefixFromIPNet(a.IPNet)
 		if !ok {
@@ -366,10 +368,10 @@ func (s *state) replaceAddrs(list []netlink.Addr) {
 		}
 		set := next[a.LinkIndex]
 		if set == nil {
-			set = map[netip.Prefix]Addr{}
+			set = map[netip.Prefix]view.Addr{}
 			next[a.LinkIndex] = set
 		}
-		set[p] = Addr{Prefix: p, Scope: a.Scope, Flags: a.Flags}
+		set[p] = view.Addr{Prefix: p, Scope: a.Scope, Flags: a.Flags}
 	}
 	if !maps.EqualFunc(s.addrs, next, maps.Equal) {
 		s.changed = true
@@ -379,7 +381,7 @@ func (s *state) replaceAddrs(list []netlink.Addr) {
 }
 
 func (s *state) replaceRoutes(list []netlink.Route) {
-	next := map[routeKey]Route{}
+	next := map[routeKey]view.Route{}
 	for _, r := range list {
 		if v, k, ok := routeFromNetlink(r); ok {
 			next[k] = v
@@ -392,18 +394,18 @@ func (s *state) replaceRoutes(list []netlink.Route) {
 	s.relistRoutes = false
 }
 
-// snapshot deep-copies the state into a Snapshot.
-func (s *state) snapshot() *Snapshot {
-	snap := &Snapshot{Links: make(map[int]*Link, len(s.links))}
+// snapshot deep-copies the state into a view.Snapshot.
+func (s *state) snapshot() *view.Snapshot {
+	snap := &view.Snapshot{Links: make(map[int]*view.Link, len(s.links))}
 	for i, l := range s.links {
 		c := *l
 		c.MAC = slices.Clone(l.MAC)
 		if set := s.addrs[i]; len(set) > 0 {
-			c.Addrs = make([]Addr, 0, len(set))
+			c.Addrs = make([]view.Addr, 0, len(set))
 			for _, a := range set {
 				c.Addrs = append(c.Addrs, a)
 			}
-			slices.SortFunc(c.Addrs, func(a, b Addr) int {
+			slices.SortFunc(c.Addrs, func(a, b view.Addr) int {
 				return cmp.Or(a.Prefix.Addr().Compare(b.Prefix.Addr()), cmp.Compare(a.Prefix.Bits(), b.Prefix.Bits()))
 			})
 		}
@@ -415,31 +417,10 @@ func (s *state) snapshot() *Snapshot {
 	}
 	keys := slices.SortedFunc(maps.Keys(s.routes), compareRouteKeys)
 	if len(keys) > 0 {
-		snap.Routes = make([]Route, 0, len(keys))
+		snap.Routes = make([]view.Route, 0, len(keys))
 		for _, k := range keys {
 			snap.Routes = append(snap.Routes, s.routes[k])
 		}
 	}
 	return snap
-}
-
-// clone deep-copies a Snapshot (what Monitor.Snapshot hands out).
-func (s *Snapshot) clone() *Snapshot {
-	c := &Snapshot{
-		Links:      make(map[int]*Link, len(s.Links)),
-		Routes:     slices.Clone(s.Routes),
-		Generation: s.Generation,
-		Resyncs:    s.Resyncs,
-	}
-	for i, l := range s.Links {
-		lc := *l
-		lc.MAC = slices.Clone(l.MAC)
-		lc.Addrs = slices.Clone(l.Addrs)
-		if l.Peer != nil {
-			p := *l.Peer
-			lc.Peer = &p
-		}
-		c.Links[i] = &lc
-	}
-	return c
 }

@@ -5,11 +5,11 @@ import (
 	"net"
 	"net/netip"
 
-	"github.com/kata-netmon/kata-netmon/netmon"
+	"github.com/kata-netmon/kata-netmon/netmon/view"
 )
 
 // Flags of a ready endpoint: IFF_UP | IFF_RUNNING | IFF_LOWER_UP.
-const UpRunning = netmon.FlagUp | netmon.FlagRunning | netmon.FlagLowerUp
+const UpRunning = view.FlagUp | view.FlagRunning | view.FlagLowerUp
 
 // Bridge is the ifindex of the bridge (docker0) every endpoint's host peer
 // is enslaved to.
@@ -32,8 +32,8 @@ func MAC(s string) net.HardwareAddr {
 // sequence: a veth, UP|RUNNING, with the given addresses ("172.18.0.2/16",
 // "fd00::2/64"), its peer resolved in dockerd's netns (a veth pointing back,
 // enslaved to the bridge at index 3). Malformed arguments panic.
-func Endpoint(index int, name, mac string, addrs ...string) *netmon.Link {
-	l := &netmon.Link{
+func Endpoint(index int, name, mac string, addrs ...string) *view.Link {
+	l := &view.Link{
 		Index:       index,
 		Name:        name,
 		Kind:        "veth",
@@ -43,8 +43,8 @@ func Endpoint(index int, name, mac string, addrs ...string) *netmon.Link {
 		OperState:   "up",
 		ParentIndex: 100 + index,
 		LinkNetNSID: 0,
-		Peer: &netmon.Peer{
-			State:       netmon.PeerResolved,
+		Peer: &view.Peer{
+			State:       view.PeerResolved,
 			NetNS:       "/proc/1/ns/net",
 			Found:       true,
 			Name:        fmt.Sprintf("veth%07x", 100+index),
@@ -62,8 +62,8 @@ func Endpoint(index int, name, mac string, addrs ...string) *netmon.Link {
 
 // Addr returns an address of universe scope ("172.18.0.2/16"); link-local
 // addresses get link scope.
-func Addr(prefix string) netmon.Addr {
-	a := netmon.Addr{Prefix: netip.MustParsePrefix(prefix)}
+func Addr(prefix string) view.Addr {
+	a := view.Addr{Prefix: netip.MustParsePrefix(prefix)}
 	if a.LinkLocal() {
 		a.Scope = 253 // RT_SCOPE_LINK
 	}
@@ -71,23 +71,23 @@ func Addr(prefix string) netmon.Addr {
 }
 
 // Loopback returns lo at ifindex 1, up.
-func Loopback() *netmon.Link {
-	return &netmon.Link{
+func Loopback() *view.Link {
+	return &view.Link{
 		Index: 1, Name: "lo", Kind: "device", MTU: 65536, OperState: "unknown",
-		RawFlags: netmon.FlagUp | netmon.FlagRunning | netmon.FlagLowerUp | 0x8, // IFF_LOOPBACK
-		Addrs:    []netmon.Addr{{Prefix: netip.MustParsePrefix("127.0.0.1/8"), Scope: 254}},
+		RawFlags: view.FlagUp | view.FlagRunning | view.FlagLowerUp | 0x8, // IFF_LOOPBACK
+		Addrs:    []view.Addr{{Prefix: netip.MustParsePrefix("127.0.0.1/8"), Scope: 254}},
 	}
 }
 
 // SetDown clears UP and RUNNING, as `ip link set down` does, and returns l.
-func SetDown(l *netmon.Link) *netmon.Link {
+func SetDown(l *view.Link) *view.Link {
 	l.RawFlags &^= UpRunning
 	l.OperState = "down"
 	return l
 }
 
 // SetUp sets UP and RUNNING and returns l.
-func SetUp(l *netmon.Link) *netmon.Link {
+func SetUp(l *view.Link) *view.Link {
 	l.RawFlags |= UpRunning
 	l.OperState = "up"
 	return l
@@ -96,30 +96,30 @@ func SetUp(l *netmon.Link) *netmon.Link {
 // DefaultRoute returns the default route Docker adds via gw (IPv4 or IPv6)
 // through the link at index dev: Dst 0.0.0.0/0 or ::/0, as netlink v1.3.1
 // reports it.
-func DefaultRoute(gw string, dev int) netmon.Route {
+func DefaultRoute(gw string, dev int) view.Route {
 	g := netip.MustParseAddr(gw)
 	dst := netip.MustParsePrefix("0.0.0.0/0")
-	fam := netmon.FamilyV4
+	fam := view.FamilyV4
 	if !g.Is4() {
 		dst = netip.MustParsePrefix("::/0")
-		fam = netmon.FamilyV6
+		fam = view.FamilyV6
 	}
-	return netmon.Route{
+	return view.Route{
 		Family: fam, Dst: dst, Gateway: g, LinkIndex: dev,
-		Table: netmon.TableMain, Protocol: rtprotBoot, Type: 1,
+		Table: view.TableMain, Protocol: rtprotBoot, Type: 1,
 	}
 }
 
 // StaticRoute returns a unicast main-table route to dst via gw ("" for
 // none) through the link at index dev, as an operator or a driver adds it.
-func StaticRoute(dst, gw string, dev int) netmon.Route {
+func StaticRoute(dst, gw string, dev int) view.Route {
 	d := netip.MustParsePrefix(dst)
-	r := netmon.Route{
-		Family: netmon.FamilyV4, Dst: d, LinkIndex: dev,
-		Table: netmon.TableMain, Protocol: rtprotBoot, Type: 1,
+	r := view.Route{
+		Family: view.FamilyV4, Dst: d, LinkIndex: dev,
+		Table: view.TableMain, Protocol: rtprotBoot, Type: 1,
 	}
 	if !d.Addr().Is4() {
-		r.Family = netmon.FamilyV6
+		r.Family = view.FamilyV6
 	}
 	if gw != "" {
 		r.Gateway = netip.MustParseAddr(gw)
@@ -129,9 +129,9 @@ func StaticRoute(dst, gw string, dev int) netmon.Route {
 
 // KernelRoute returns the prefix route the kernel adds for an address on the
 // link at index dev (the guest makes its own: never pushed).
-func KernelRoute(dst string, dev int) netmon.Route {
+func KernelRoute(dst string, dev int) view.Route {
 	r := StaticRoute(dst, "", dev)
-	r.Protocol = netmon.RouteProtoKernel
+	r.Protocol = view.RouteProtoKernel
 	r.Scope = 253
 	return r
 }

@@ -7,8 +7,9 @@ import (
 	"slices"
 	"sync"
 
+	"github.com/kata-netmon/kata-netmon/netmon/view"
+
 	"github.com/kata-netmon/kata-netmon/hotplug"
-	"github.com/kata-netmon/kata-netmon/netmon"
 )
 
 // ErrLinkNotFound is what FakeSource.LinkByName wraps when no link carries
@@ -31,7 +32,7 @@ type FakeSource struct {
 	closeOnce sync.Once
 
 	mu    sync.Mutex // guards snap and reads
-	snap  *netmon.Snapshot
+	snap  *view.Snapshot
 	reads int
 }
 
@@ -39,7 +40,7 @@ var _ hotplug.Source = (*FakeSource)(nil)
 
 // NewFakeSource returns a source whose first snapshot holds links (and no
 // routes), at generation 1.
-func NewFakeSource(links ...*netmon.Link) *FakeSource {
+func NewFakeSource(links ...*view.Link) *FakeSource {
 	s := &FakeSource{
 		changed: make(chan struct{}, 1),
 		done:    make(chan struct{}),
@@ -51,7 +52,7 @@ func NewFakeSource(links ...*netmon.Link) *FakeSource {
 }
 
 // Snapshot implements hotplug.Source. Callers must not modify the result.
-func (s *FakeSource) Snapshot() *netmon.Snapshot {
+func (s *FakeSource) Snapshot() *view.Snapshot {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.reads++
@@ -91,9 +92,9 @@ func (s *FakeSource) LinkByName(name string) (int, net.HardwareAddr, error) {
 
 // Set replaces the view with snap (which the source now owns), with the
 // generation after the current one, and signals Changed.
-func (s *FakeSource) Set(snap *netmon.Snapshot) {
+func (s *FakeSource) Set(snap *view.Snapshot) {
 	if snap.Links == nil {
-		snap.Links = map[int]*netmon.Link{}
+		snap.Links = map[int]*view.Link{}
 	}
 	s.mu.Lock()
 	snap.Generation = s.snap.Generation + 1
@@ -107,7 +108,7 @@ func (s *FakeSource) Set(snap *netmon.Snapshot) {
 
 // Update applies fn to a deep copy of the current view and Sets the result:
 // snapshots handed out earlier stay untouched.
-func (s *FakeSource) Update(fn func(*netmon.Snapshot)) {
+func (s *FakeSource) Update(fn func(*view.Snapshot)) {
 	s.mu.Lock()
 	c := Clone(s.snap)
 	s.mu.Unlock()
@@ -116,9 +117,9 @@ func (s *FakeSource) Update(fn func(*netmon.Snapshot)) {
 }
 
 // Clone deep-copies a snapshot.
-func Clone(s *netmon.Snapshot) *netmon.Snapshot {
-	c := &netmon.Snapshot{
-		Links:      make(map[int]*netmon.Link, len(s.Links)),
+func Clone(s *view.Snapshot) *view.Snapshot {
+	c := &view.Snapshot{
+		Links:      make(map[int]*view.Link, len(s.Links)),
 		Routes:     slices.Clone(s.Routes),
 		Generation: s.Generation,
 		Resyncs:    s.Resyncs,
@@ -130,7 +131,7 @@ func Clone(s *netmon.Snapshot) *netmon.Snapshot {
 }
 
 // CloneLink deep-copies a link.
-func CloneLink(l *netmon.Link) *netmon.Link {
+func CloneLink(l *view.Link) *view.Link {
 	c := *l
 	c.MAC = slices.Clone(l.MAC)
 	c.Addrs = slices.Clone(l.Addrs)
@@ -142,8 +143,8 @@ func CloneLink(l *netmon.Link) *netmon.Link {
 }
 
 // Snapshot builds a snapshot of links (keyed by their Index) and no routes.
-func Snapshot(links ...*netmon.Link) *netmon.Snapshot {
-	s := &netmon.Snapshot{Links: make(map[int]*netmon.Link, len(links))}
+func Snapshot(links ...*view.Link) *view.Snapshot {
+	s := &view.Snapshot{Links: make(map[int]*view.Link, len(links))}
 	for _, l := range links {
 		s.Links[l.Index] = l
 	}

@@ -1,23 +1,28 @@
-package netmon
+package view
 
 import (
 	"net"
 	"net/netip"
+	"slices"
 	"sort"
 )
 
 // Kernel interface flags (IFF_*) as carried in Link.RawFlags. Spelled out here
-// so the view and the matcher build on every OS.
+// so the view and the packages that read it build on every OS without a
+// syscall package.
 const (
-	FlagUp      uint32 = 0x1     // IFF_UP
-	FlagRunning uint32 = 0x40    // IFF_RUNNING: carrier seen by linkwatch, set asynchronously after UP
-	FlagLowerUp uint32 = 0x10000 // IFF_LOWER_UP
+	FlagUp       uint32 = 0x1     // IFF_UP
+	FlagLoopback uint32 = 0x8     // IFF_LOOPBACK
+	FlagRunning  uint32 = 0x40    // IFF_RUNNING: carrier seen by linkwatch, set asynchronously after UP
+	FlagNoARP    uint32 = 0x80    // IFF_NOARP
+	FlagLowerUp  uint32 = 0x10000 // IFF_LOWER_UP
 )
 
-// Route protocols and tables (rtnetlink) the matcher needs.
+// Route protocols, tables and types (rtnetlink).
 const (
 	RouteProtoKernel = 2   // RTPROT_KERNEL: prefix routes the kernel adds for an address
 	TableMain        = 254 // RT_TABLE_MAIN
+	RouteUnicast     = 1   // RTN_UNICAST
 )
 
 // Address families, as in Route.Family.
@@ -175,4 +180,30 @@ func (s *Snapshot) LinkByName(name string) *Link {
 		}
 	}
 	return nil
+}
+
+// Clone returns a deep copy of s: the caller may keep and modify it.
+func (s *Snapshot) Clone() *Snapshot {
+	c := &Snapshot{
+		Links:      make(map[int]*Link, len(s.Links)),
+		Routes:     slices.Clone(s.Routes),
+		Generation: s.Generation,
+		Resyncs:    s.Resyncs,
+	}
+	for i, l := range s.Links {
+		c.Links[i] = l.Clone()
+	}
+	return c
+}
+
+// Clone returns a deep copy of l.
+func (l *Link) Clone() *Link {
+	c := *l
+	c.MAC = slices.Clone(l.MAC)
+	c.Addrs = slices.Clone(l.Addrs)
+	if l.Peer != nil {
+		p := *l.Peer
+		c.Peer = &p
+	}
+	return &c
 }
