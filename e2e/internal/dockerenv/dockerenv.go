@@ -14,7 +14,14 @@
 //
 // Tests call Prereqs first (Start calls it too): it skips the test when the
 // machine cannot run the environment, except under CI=true, where a missing
-// prerequisite fails the test.
+// prerequisite fails the test (prereq.Missing).
+//
+// Where things are: env_linux.go starts and tears down an Env (its
+// lifecycle); docker_linux.go is the docker CLI run against it (docker,
+// inspect, the busybox image); daemon_linux.go supervises the containerd and
+// dockerd processes; procfs_linux.go finds the shims, children and mounts
+// they leave behind through /proc; prereqs_linux.go checks what the machine
+// has; inspect.go decodes docker inspect.
 package dockerenv
 
 import (

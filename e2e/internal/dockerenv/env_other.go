@@ -3,9 +3,10 @@
 package dockerenv
 
 import (
-	"os"
 	"runtime"
 	"testing"
+
+	"github.com/kata-netmon/kata-netmon/e2e/internal/prereq"
 )
 
 // Env is a running private Docker daemon (Linux only).
@@ -15,11 +16,7 @@ type Env struct{}
 // Under CI=true it fails instead.
 func Prereqs(t testing.TB) {
 	t.Helper()
-	msg := "dockerenv: needs Linux, this is " + runtime.GOOS
-	if os.Getenv("CI") == "true" {
-		t.Fatal(msg)
-	}
-	t.Skip(msg)
+	prereq.Missing(t, "dockerenv: needs Linux, this is "+runtime.GOOS)
 }
 
 // Start skips (or under CI=true fails) the test: Linux only.

@@ -18,6 +18,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/kata-netmon/kata-netmon/netmon/netmontest"
 )
 
 // Options configure Boot. The zero value boots in the test's own netns.
@@ -99,13 +101,7 @@ var ErrNeedRoot = errors.New("booting a guest needs root")
 // t.Context().
 func Boot(t testing.TB, opts Options) *VM {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		// Under CI a missing prerequisite fails the run; elsewhere skip.
-		if os.Getenv("CI") == "true" {
-			t.Fatal(ErrNeedRoot.Error() + " (CI=true: not skipping)")
-		}
-		t.Skip(ErrNeedRoot.Error())
-	}
+	netmontest.RequireRoot(t) // skips, or under CI=true fails
 	if opts.Logf == nil {
 		opts.Logf = t.Logf
 	}
