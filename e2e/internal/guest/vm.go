@@ -88,6 +88,16 @@ func (vm *VM) Console() string { b, _ := os.ReadFile(vm.ConsolePath()); return s
 // QEMULog returns QEMU's own output.
 func (vm *VM) QEMULog() string { b, _ := os.ReadFile(vm.QEMULogPath()); return string(b) }
 
+// TapError returns QEMU's log when it mentions tun or tap (what Kata 4.1's
+// detach order makes it print: the tap went before the device), or nil.
+func (vm *VM) TapError() error {
+	l := vm.QEMULog()
+	if low := strings.ToLower(l); strings.Contains(low, "tap") || strings.Contains(low, "tun") {
+		return fmt.Errorf("QEMU logged a tun/tap error:\n%s", l)
+	}
+	return nil
+}
+
 // Exited is closed once QEMU has exited.
 func (vm *VM) Exited() <-chan struct{} { return vm.exited }
 

@@ -1,0 +1,198 @@
+//go:build linux
+
+// Package dockerguest puts a real QEMU guest behind a real Docker container,
+// for the e2e tests, benchmarks and demo that need both: with runc, a
+// container's netns receives exactly the netlink sequence a Kata sandbox
+// netns receives, so the container's netns plays the sandbox netns, and the
+// guest boots inside it, with no NIC, as Kata's QEMU runs in the sandbox
+// netns. katasim (or any hotplug.Sandbox) then hot-plugs Docker's endpoints
+// into the guest; traffic from dockerd's netns to an endpoint's address
+// reaches the guest, not the container.
+//
+// It also holds the checks those users share: a guest NIC against docker
+// inspect (CheckNIC), the guest's IPv4 default route (DefaultRouteIs), and
+// reachability proved by a token only the guest knows (Reach).
+package dockerguest
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/opencontainers/runtime-spec/specs-go"
+	"github.com/sirupsen/logrus"
+
+	"github.com/kata-netmon/kata-netmon/e2e/internal/dockerenv"
+	"github.com/kata-netmon/kata-netmon/e2e/internal/guest"
+	"github.com/kata-netmon/kata-netmon/e2e/internal/guest/guestproto"
+	"github.com/kata-netmon/kata-netmon/hotplug"
+	"github.com/kata-netmon/kata-netmon/netmon/netmontest"
+	"github.com/kata-netmon/kata-netmon/shimhook"
+)
+
+// Sandbox is a running busybox container with a guest booted in its netns.
+type Sandbox struct {
+	Env       *dockerenv.Env
+	Container string // name
+	ID        string // full id
+	Pid       int    // the container's init, in the machine's pid namespace
+	NetNS     string // /proc/<Pid>/ns/net
+	VM        *guest.VM
+
+	closeOnce sync.Once
+}
+
+// Run runs a busybox container on network, then boots a guest with no NIC
+// in its netns: the Docker 28+ order, where Docker has configured the
+// container's interfaces before the shim's Start. Close (also run on t's
+// cleanup) stops the guest first, then removes the container.
+func Run(t testing.TB, env *dockerenv.Env, img, network string) *Sandbox {
+	t.Helper()
+	s := &Sandbox{Env: env, Container: dockerenv.UniqueName("knm-sbx")}
+	start := time.Now()
+	s.ID = env.MustDocker(t, "run", "--detach", "--name", s.Container, "--network", network, img, "sleep", "3600")
+	t.Cleanup(func() { s.Close(t) })
+	s.Pid = env.ContainerPid(t, s.Container)
+	s.NetNS = fmt.Sprintf("/proc/%d/ns/net", s.Pid)
+	t.Logf("docker run %s: %v (pid %d)", s.Container, time.Since(start).Round(time.Millisecond), s.Pid)
+	s.VM = guest.Boot(t, guest.Options{NetNS: s.NetNS})
+	return s
+}
+
+// Close stops the guest and removes the container (errors fail t). It is
+// idempotent: a benchmark that runs one sandbox per round closes each
+// before the next (one guest runs at a time).
+func (s *Sandbox) Close(t testing.TB) {
+	s.closeOnce.Do(func() {
+		if s.VM != nil {
+			s.VM.Stop()
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if _, err := s.Env.Docker(ctx, "rm", "--force", s.Container); err != nil {
+			t.Errorf("remove container %s: %v", s.Container, err)
+		}
+	})
+}
+
+// Endpoint returns the container's configured endpoint on network per
+// docker inspect, failing t when there is none.
+func (s *Sandbox) Endpoint(t testing.TB, network string) *dockerenv.Endpoint {
+	t.Helper()
+	c := s.Env.MustInspectContainer(t, s.Container)
+	ep := c.NetworkSettings.Networks[network]
+	if ep == nil || ep.MacAddress == "" || !ep.IPAddress.IsValid() {
+		t.Fatalf("container %s: no configured endpoint on %s: %+v", s.Container, network, c.NetworkSettings.Networks)
+	}
+	return ep
+}
+
+// ShimConfig is what a Kata shim passes to shimhook.Start for this sandbox:
+// Docker's containerd namespace and a Docker sandbox's OCI spec, the
+// sandbox netns and the hypervisor's pid, and dockerd's netns as the peer
+// netns (default settings otherwise).
+func (s *Sandbox) ShimConfig(sb hotplug.Sandbox, log *logrus.Entry) shimhook.Config {
+	settings := shimhook.DefaultSettings()
+	settings.DockerdNetNS = s.Env.NetNSPath()
+	return shimhook.Config{
+		SandboxID:     s.ID[:12],
+		Namespace:     "moby",
+		Spec:          DockerSpec(),
+		Sandbox:       sb,
+		NetNSPath:     s.NetNS,
+		HypervisorPID: s.VM.Pid,
+		Settings:      settings,
+		Log:           log,
+	}
+}
+
+// DockerSpec is the part of a Docker sandbox's OCI spec the shim hook reads:
+// namespace entries, the network one with an empty path (a new netns).
+func DockerSpec() *specs.Spec {
+	return &specs.Spec{Linux: &specs.Linux{Namespaces: []specs.LinuxNamespace{
+		{Type: specs.PIDNamespace}, {Type: specs.NetworkNamespace}, {Type: specs.MountNamespace},
+	}}}
+}
+
+// Reach serves a fresh random token in the guest on port and reads it from
+// dockerd's netns at ip:port, and returns how long the read took. Only the
+// guest knows the token and nothing listens in the sandbox netns, so an
+// answer proves the packets went bridge -> veth -> tc mirred -> tap ->
+// guest and back.
+func (s *Sandbox) Reach(ctx context.Context, t testing.TB, ip string, port int) time.Duration {
+	t.Helper()
+	token := netmontest.RandName()
+	if err := s.VM.Agent.ServeToken(ctx, port, token); err != nil {
+		t.Fatalf("guest ServeToken: %v", err)
+	}
+	addr := net.JoinHostPort(ip, fmt.Sprint(port))
+	start := time.Now()
+	got, err := guest.ReadToken(ctx, s.Env.NetNSPath(), addr, 2*time.Second, 50*time.Millisecond)
+	if err != nil {
+		t.Fatalf("from dockerd's netns: %v", err)
+	}
+	if got != token {
+		t.Fatalf("token from %s = %q, want the guest's %q", addr, got, token)
+	}
+	took := time.Since(start)
+	t.Logf("guest answered at %s from dockerd's netns in %v", addr, took.Round(100*time.Microsecond))
+	return took
+}
+
+// CheckNIC checks that the guest has a NIC with the endpoint's MAC, named
+// name, carrying the endpoint's IPv4 address and prefix length.
+func CheckNIC(infs []*guestproto.Interface, name string, ep *dockerenv.Endpoint) error {
+	inf := guest.FindInterface(infs, ep.MacAddress)
+	switch {
+	case inf == nil:
+		return fmt.Errorf("no guest NIC with MAC %s (guest has %s)", ep.MacAddress, Describe(infs))
+	case inf.Name != name:
+		return fmt.Errorf("guest NIC with MAC %s is %q, want %q", ep.MacAddress, inf.Name, name)
+	case !guest.HasAddress(inf, ep.IPAddress.String(), ep.IPPrefixLen):
+		return fmt.Errorf("guest %s lacks %v (guest has %s)", name, ep.IPv4Prefix(), Describe(infs))
+	}
+	return nil
+}
+
+// Describe renders the guest's interfaces: name, MAC (but lo's) and IPv4
+// addresses.
+func Describe(infs []*guestproto.Interface) string {
+	var parts []string
+	for _, inf := range infs {
+		s := inf.Name
+		if inf.Name != "lo" {
+			s += " " + inf.HwAddr
+		}
+		for _, a := range inf.IPAddresses {
+			if a.Family == guestproto.FamilyV4 {
+				s += " " + a.Address + "/" + a.Mask
+			}
+		}
+		parts = append(parts, s)
+	}
+	return strings.Join(parts, "; ")
+}
+
+// DefaultRouteIs returns an Agent.WaitRoutes predicate: the guest has
+// exactly one IPv4 default route, via gw on dev.
+func DefaultRouteIs(gw, dev string) func([]*guestproto.Route) error {
+	want := fmt.Sprintf("via %s dev %s", gw, dev)
+	return func(rs []*guestproto.Route) error {
+		var got []string
+		for _, r := range rs {
+			if r.Dest == "" && r.Family == guestproto.FamilyV4 {
+				got = append(got, fmt.Sprintf("via %s dev %s", r.Gateway, r.Device))
+			}
+		}
+		sort.Strings(got)
+		if len(got) != 1 || got[0] != want {
+			return fmt.Errorf("guest IPv4 default routes %q, want [%q]", got, want)
+		}
+		return nil
+	}
+}
