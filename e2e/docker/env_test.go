@@ -1,6 +1,6 @@
 //go:build linux
 
-package e2e
+package docker
 
 import (
 	"errors"
@@ -18,10 +18,10 @@ import (
 	"github.com/kata-netmon/kata-netmon/e2e/internal/dockerenv"
 )
 
-// TestDockerEnv proves the private Docker environment: a container on a
+// TestEnv proves the private Docker environment: a container on a
 // user-defined bridge network has eth0 with the MAC and IP docker inspect
 // reports; connecting a second network adds eth1, disconnecting removes it.
-func TestDockerEnv(t *testing.T) {
+func TestEnv(t *testing.T) {
 	begin := time.Now()
 	env := dockerenv.Start(t)
 	t.Logf("env start: %v", time.Since(begin).Round(time.Millisecond))
@@ -47,8 +47,8 @@ func TestDockerEnv(t *testing.T) {
 
 	// The bridges live in dockerd's netns, not in the machine's.
 	br1 := "br-" + n1.ID[:12]
-	denvAssertLinkIn(t, env.NetNSPath(), br1, true)
-	denvAssertLinkIn(t, "/proc/self/ns/net", br1, false)
+	assertLinkIn(t, env.NetNSPath(), br1, true)
+	assertLinkIn(t, "/proc/self/ns/net", br1, false)
 
 	ctr := dockerenv.UniqueName("knm-ctr")
 	step = time.Now()
@@ -66,7 +66,7 @@ func TestDockerEnv(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(h.Close)
-	w := denvWatch(t, ns)
+	w := watchLinks(t, ns)
 
 	c := env.MustInspectContainer(t, ctr)
 	ep1 := c.NetworkSettings.Networks[net1]
@@ -75,10 +75,10 @@ func TestDockerEnv(t *testing.T) {
 	}
 	t.Logf("eth0 per docker inspect: mac %s ip %v gw %v gwprio %d", ep1.MacAddress, ep1.IPv4Prefix(), ep1.Gateway, ep1.GwPriority)
 	w.waitFor(t, 10*time.Second, "eth0 configured", func() error {
-		if err := denvCheckLink(h, "eth0", ep1, 0); err != nil {
+		if err := checkLink(h, "eth0", ep1, 0); err != nil {
 			return err
 		}
-		return denvCheckDefaultRoute(h, ep1.Gateway)
+		return checkDefaultRoute(h, ep1.Gateway)
 	})
 
 	t.Log("--- docker network connect")
@@ -90,7 +90,7 @@ func TestDockerEnv(t *testing.T) {
 		t.Fatalf("container %s: no endpoint on %s after connect", ctr, net2)
 	}
 	w.waitFor(t, 10*time.Second, "eth1 configured", func() error {
-		return denvCheckLink(h, "eth1", ep2, mtu2)
+		return checkLink(h, "eth1", ep2, mtu2)
 	})
 
 	t.Log("--- docker network disconnect")
@@ -110,7 +110,7 @@ func TestDockerEnv(t *testing.T) {
 		return nil
 	})
 	// eth0 is untouched.
-	if err := denvCheckLink(h, "eth0", ep1, 0); err != nil {
+	if err := checkLink(h, "eth0", ep1, 0); err != nil {
 		t.Fatalf("after disconnect: %v", err)
 	}
 	if _, ok := env.MustInspectContainer(t, ctr).NetworkSettings.Networks[net2]; ok {
@@ -118,10 +118,10 @@ func TestDockerEnv(t *testing.T) {
 	}
 }
 
-// denvCheckLink checks that the netns has a veth named name carrying
+// checkLink checks that the netns has a veth named name carrying
 // ep's MAC and IPv4 address, up and running (RUNNING is set asynchronously
 // after UP), with the given MTU when mtu > 0.
-func denvCheckLink(h *netlink.Handle, name string, ep *dockerenv.Endpoint, mtu int) error {
+func checkLink(h *netlink.Handle, name string, ep *dockerenv.Endpoint, mtu int) error {
 	l, err := h.LinkByName(name)
 	if err != nil {
 		return fmt.Errorf("%s: %w", name, err)
@@ -156,9 +156,9 @@ func denvCheckLink(h *netlink.Handle, name string, ep *dockerenv.Endpoint, mtu i
 	return nil
 }
 
-// denvCheckDefaultRoute checks for an IPv4 default route via gw. netlink v1.3.1
+// checkDefaultRoute checks for an IPv4 default route via gw. netlink v1.3.1
 // reports a default route with Dst 0.0.0.0/0 (or nil in older versions).
-func denvCheckDefaultRoute(h *netlink.Handle, gw netip.Addr) error {
+func checkDefaultRoute(h *netlink.Handle, gw netip.Addr) error {
 	routes, err := h.RouteList(nil, netlink.FAMILY_V4)
 	if err != nil {
 		return err
@@ -176,7 +176,7 @@ func denvCheckDefaultRoute(h *netlink.Handle, gw netip.Addr) error {
 	return fmt.Errorf("no default route via %v in %v", gw, routes)
 }
 
-func denvAssertLinkIn(t *testing.T, nsPath, name string, want bool) {
+func assertLinkIn(t *testing.T, nsPath, name string, want bool) {
 	t.Helper()
 	ns, err := netns.GetFromPath(nsPath)
 	if err != nil {
@@ -200,18 +200,18 @@ func denvAssertLinkIn(t *testing.T, nsPath, name string, want bool) {
 	}
 }
 
-// denvWatcher receives link and address events of one netns, so a test can
+// linkWatcher receives link and address events of one netns, so a test can
 // wait for a state on a deadline without polling: it re-checks after every
 // event. It logs the events it sees (the sequence Docker produces).
-type denvWatcher struct {
+type linkWatcher struct {
 	links chan netlink.LinkUpdate
 	addrs chan netlink.AddrUpdate
 	errs  chan error
 }
 
-func denvWatch(t *testing.T, ns netns.NsHandle) *denvWatcher {
+func watchLinks(t *testing.T, ns netns.NsHandle) *linkWatcher {
 	t.Helper()
-	w := &denvWatcher{
+	w := &linkWatcher{
 		links: make(chan netlink.LinkUpdate, 256),
 		addrs: make(chan netlink.AddrUpdate, 256),
 		errs:  make(chan error, 16),
@@ -255,7 +255,7 @@ func denvWatch(t *testing.T, ns netns.NsHandle) *denvWatcher {
 
 // waitFor returns once check returns nil, re-checking after each event;
 // it fails the test with check's last error at the deadline.
-func (w *denvWatcher) waitFor(t *testing.T, timeout time.Duration, what string, check func() error) {
+func (w *linkWatcher) waitFor(t *testing.T, timeout time.Duration, what string, check func() error) {
 	t.Helper()
 	deadline := time.NewTimer(timeout)
 	defer deadline.Stop()
@@ -269,7 +269,7 @@ func (w *denvWatcher) waitFor(t *testing.T, timeout time.Duration, what string, 
 		select {
 		case u := <-w.links:
 			a := u.Attrs()
-			t.Logf("  event %s link %d %s kind=%s mac=%s flags=%v link=%d netnsid=%d mtu=%d", denvMsgType(u.Header.Type), a.Index, a.Name, u.Type(), a.HardwareAddr, a.Flags, a.ParentIndex, a.NetNsID, a.MTU)
+			t.Logf("  event %s link %d %s kind=%s mac=%s flags=%v link=%d netnsid=%d mtu=%d", msgType(u.Header.Type), a.Index, a.Name, u.Type(), a.HardwareAddr, a.Flags, a.ParentIndex, a.NetNsID, a.MTU)
 		case u := <-w.addrs:
 			op := "DELADDR"
 			if u.NewAddr {
@@ -284,7 +284,7 @@ func (w *denvWatcher) waitFor(t *testing.T, timeout time.Duration, what string, 
 	}
 }
 
-func denvMsgType(t uint16) string {
+func msgType(t uint16) string {
 	switch t {
 	case unix.RTM_NEWLINK:
 		return "NEWLINK"
