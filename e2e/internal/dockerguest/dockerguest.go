@@ -24,12 +24,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/opencontainers/runtime-spec/specs-go"
 	"github.com/sirupsen/logrus"
 
 	"github.com/kata-netmon/kata-netmon/e2e/internal/dockerenv"
 	"github.com/kata-netmon/kata-netmon/e2e/internal/guest"
 	"github.com/kata-netmon/kata-netmon/e2e/internal/guest/guestproto"
+	"github.com/kata-netmon/kata-netmon/e2e/internal/shimcfg"
 	"github.com/kata-netmon/kata-netmon/hotplug"
 	"github.com/kata-netmon/kata-netmon/netmon/netmontest"
 	"github.com/kata-netmon/kata-netmon/shimhook"
@@ -92,31 +92,14 @@ func (s *Sandbox) Endpoint(t testing.TB, network string) *dockerenv.Endpoint {
 	return ep
 }
 
-// ShimConfig is what a Kata shim passes to shimhook.Start for this sandbox:
-// Docker's containerd namespace and a Docker sandbox's OCI spec, the
-// sandbox netns and the hypervisor's pid, and dockerd's netns as the peer
-// netns (default settings otherwise).
+// ShimConfig is what a Kata shim passes to shimhook.Start for this sandbox
+// (shimcfg.Docker): the sandbox netns, the hypervisor's pid and dockerd's
+// netns as the peer netns.
 func (s *Sandbox) ShimConfig(sb hotplug.Sandbox, log *logrus.Entry) shimhook.Config {
-	settings := shimhook.DefaultSettings()
-	settings.DockerdNetNS = s.Env.NetNSPath()
-	return shimhook.Config{
-		SandboxID:     s.ID[:12],
-		Namespace:     "moby",
-		Spec:          DockerSpec(),
-		Sandbox:       sb,
-		NetNSPath:     s.NetNS,
-		HypervisorPID: s.VM.Pid,
-		Settings:      settings,
-		Log:           log,
-	}
-}
-
-// DockerSpec is the part of a Docker sandbox's OCI spec the shim hook reads:
-// namespace entries, the network one with an empty path (a new netns).
-func DockerSpec() *specs.Spec {
-	return &specs.Spec{Linux: &specs.Linux{Namespaces: []specs.LinuxNamespace{
-		{Type: specs.PIDNamespace}, {Type: specs.NetworkNamespace}, {Type: specs.MountNamespace},
-	}}}
+	cfg := shimcfg.Docker(s.ID[:12], sb, s.NetNS, s.Env.NetNSPath())
+	cfg.HypervisorPID = s.VM.Pid
+	cfg.Log = log
+	return cfg
 }
 
 // Reach serves a fresh random token in the guest on port and reads it from

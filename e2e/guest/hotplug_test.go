@@ -1,21 +1,15 @@
 //go:build linux
 
-package e2e
+package guest
 
 import (
-	"bufio"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
 	"net"
-	"os/exec"
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 
 	"github.com/kata-netmon/kata-netmon/e2e/internal/guest"
 	"github.com/kata-netmon/kata-netmon/e2e/internal/katasim"
@@ -23,28 +17,28 @@ import (
 	"github.com/kata-netmon/kata-netmon/netmon/netmontest"
 )
 
-// TestGuestHotplugTraffic plays Kata with QEMU on a real guest: a veth whose
+// TestHotplugTraffic plays Kata with QEMU on a real guest: a veth whose
 // host side sits on a bridge in a "dockerd" netns and whose other side is
 // eth0 in the sandbox netns is hot-plugged with katasim, the guest serves a
 // token that a client in the dockerd netns reads through bridge -> veth ->
 // tc mirred -> tap -> virtio-net, then the NIC is unplugged again.
-func TestGuestHotplugTraffic(t *testing.T) {
+func TestHotplugTraffic(t *testing.T) {
 	netmontest.RequireRoot(t)
-	sfx := guestRandHex(4)
-	sbxPath, sbxH := guestNetNS(t, "knm-sbx-"+sfx)
-	brPath, brH := guestNetNS(t, "knm-br-"+sfx)
+	sfx := netmontest.RandName()[len("knm-"):]
+	sbxPath, sbxH := newNetNS(t, "knm-sbx-"+sfx)
+	brPath, brH := newNetNS(t, "knm-br-"+sfx)
 
 	// The "dockerd" side: a bridge holding the gateway address.
 	bridge := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "knmbr" + sfx}}
-	guestMust(t, brH.LinkAdd(bridge))
-	guestMust(t, brH.AddrAdd(bridge, guestAddr(t, "10.201.0.1/24")))
-	guestMust(t, brH.LinkSetUp(bridge))
-	eth0 := guestVeth(t, brH, sbxH, sbxPath, bridge, "knmv0"+sfx, "eth0", "02:42:0a:c9:00:02", "10.201.0.2/24")
-	eth1 := guestVeth(t, brH, sbxH, sbxPath, bridge, "knmv1"+sfx, "eth1", "02:42:0a:c9:00:03", "10.201.0.3/24")
+	must(t, brH.LinkAdd(bridge))
+	must(t, brH.AddrAdd(bridge, parseAddr(t, "10.201.0.1/24")))
+	must(t, brH.LinkSetUp(bridge))
+	eth0 := addVeth(t, brH, sbxH, sbxPath, bridge, "knmv0"+sfx, "eth0", "02:42:0a:c9:00:02", "10.201.0.2/24")
+	eth1 := addVeth(t, brH, sbxH, sbxPath, bridge, "knmv1"+sfx, "eth1", "02:42:0a:c9:00:03", "10.201.0.3/24")
 
 	vm := guest.Boot(t, guest.Options{NetNS: sbxPath})
 	sb, err := katasim.New(vm, katasim.Options{})
-	guestMust(t, err)
+	must(t, err)
 	t.Cleanup(func() { sb.Close() })
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -56,7 +50,7 @@ func TestGuestHotplugTraffic(t *testing.T) {
 	// Attach eth0 and eth1 as the monitor would describe them.
 	var attached []*hotplug.Interface
 	for _, l := range []netlink.Link{eth0, eth1} {
-		inf := guestInterfaceOf(t, sbxH, l.Attrs().Name)
+		inf := interfaceOf(t, sbxH, l.Attrs().Name)
 		start := time.Now()
 		res, err := sb.AddInterface(ctx, inf)
 		if err != nil {
@@ -80,13 +74,13 @@ func TestGuestHotplugTraffic(t *testing.T) {
 		t.Errorf("DevicePath of eth1 = %q, want the first endpoint's %q (as Kata 4.1)", attached[1].DevicePath, eps[0].PCIPath)
 	}
 	for _, ep := range eps {
-		guestAssertMirred(t, sbxH, ep.Name, true)
-		guestAssertMirred(t, sbxH, ep.TapName, true)
+		assertMirred(t, sbxH, ep.Name, true)
+		assertMirred(t, sbxH, ep.TapName, true)
 	}
 
 	// Routes: add or replace, by device name; one unknown device fails.
 	routes, err := sb.UpdateRoutes(ctx, []*hotplug.Route{{Dest: "", Gateway: "10.201.0.1", Device: "eth0"}})
-	if err != nil || !guestHasRoute(routes, "", "10.201.0.1", "eth0") {
+	if err != nil || !hasRoute(routes, "", "10.201.0.1", "eth0") {
 		t.Fatalf("UpdateRoutes(default via 10.201.0.1 dev eth0) = %+v, %v", routes, err)
 	}
 	if _, err := sb.UpdateRoutes(ctx, []*hotplug.Route{{Dest: "10.9.0.0/16", Gateway: "10.201.0.1", Device: "eth9"}}); err == nil {
@@ -98,11 +92,11 @@ func TestGuestHotplugTraffic(t *testing.T) {
 
 	// Traffic from the dockerd netns reaches the guest through each NIC.
 	for i, inf := range attached {
-		port, token := 8080+i, "knm-token-"+guestRandHex(8)
-		guestMust(t, vm.Agent.ServeToken(ctx, port, token))
+		port, token := 8080+i, netmontest.RandName()
+		must(t, vm.Agent.ServeToken(ctx, port, token))
 		addr := net.JoinHostPort(inf.IPAddresses[0].Address, fmt.Sprint(port))
 		start := time.Now()
-		got, err := guestReadTokenFrom(ctx, brPath, addr)
+		got, err := guest.ReadToken(ctx, brPath, addr, 2*time.Second, 100*time.Millisecond)
 		if err != nil {
 			t.Fatalf("read token from %s in %s: %v", addr, brPath, err)
 		}
@@ -125,7 +119,7 @@ func TestGuestHotplugTraffic(t *testing.T) {
 			t.Fatalf("RemoveInterface(%s): detach failed: %v", inf.Name, last.Swallowed)
 		}
 		t.Logf("RemoveInterface(%s) took %v: %s", inf.Name, time.Since(start).Round(time.Millisecond), last.PhasesString())
-		guestAssertMirred(t, sbxH, inf.Name, false)
+		assertMirred(t, sbxH, inf.Name, false)
 		if _, err := sbxH.LinkByName(eps[i].TapName); err == nil {
 			t.Errorf("%s still exists after RemoveInterface(%s)", eps[i].TapName, inf.Name)
 		}
@@ -135,7 +129,7 @@ func TestGuestHotplugTraffic(t *testing.T) {
 		t.Fatalf("RemoveInterface(unknown MAC) = %+v, %v; want nil, nil", res, err)
 	}
 	infs, err := sb.ListInterfaces(ctx)
-	guestMust(t, err)
+	must(t, err)
 	for _, g := range infs {
 		if g.Name != "lo" {
 			t.Errorf("guest still lists %s (%s) after unplug: %+v", g.Name, g.HwAddr, infs)
@@ -149,20 +143,20 @@ func TestGuestHotplugTraffic(t *testing.T) {
 			t.Errorf("%s still exists in the sandbox netns", n)
 		}
 	}
-	if log := strings.ToLower(vm.QEMULog()); strings.Contains(log, "tap") || strings.Contains(log, "tun") {
-		t.Errorf("QEMU logged a tun/tap error:\n%s", vm.QEMULog())
+	if err := vm.TapError(); err != nil {
+		t.Error(err)
 	}
 
 	// Cloud Hypervisor: hot-plugs, cannot unplug.
 	t.Run("NoUnplug", func(t *testing.T) {
 		clh, err := katasim.New(vm, katasim.Options{NoUnplug: true})
-		guestMust(t, err)
+		must(t, err)
 		defer clh.Close()
 		if got := clh.Capabilities(); !got.HotplugNIC || got.HotUnplugNIC {
 			t.Fatalf("Capabilities() = %+v", got)
 		}
-		guestMust(t, sbxH.LinkSetUp(eth0)) // Kata's detach set it down
-		inf := guestInterfaceOf(t, sbxH, "eth0")
+		must(t, sbxH.LinkSetUp(eth0)) // Kata's detach set it down
+		inf := interfaceOf(t, sbxH, "eth0")
 		if _, err := clh.AddInterface(ctx, inf); err != nil {
 			t.Fatalf("AddInterface: %v", err)
 		}
@@ -180,174 +174,16 @@ func TestGuestHotplugTraffic(t *testing.T) {
 	// Firecracker: no NIC hot-plug at all.
 	t.Run("NoHotplug", func(t *testing.T) {
 		fc, err := katasim.New(vm, katasim.Options{NoHotplug: true})
-		guestMust(t, err)
+		must(t, err)
 		defer fc.Close()
 		if got := fc.Capabilities(); got != (hotplug.Capabilities{}) {
 			t.Fatalf("Capabilities() = %+v", got)
 		}
-		if _, err := fc.AddInterface(ctx, guestInterfaceOf(t, sbxH, "eth1")); err == nil {
+		if _, err := fc.AddInterface(ctx, interfaceOf(t, sbxH, "eth1")); err == nil {
 			t.Fatal("AddInterface succeeded")
 		}
 		if calls := fc.Calls(); len(calls) != 2 || calls[0].Method != "Capabilities" || calls[1].Method != "AddInterface" || calls[1].Err == nil {
 			t.Fatalf("call log = %+v", calls)
 		}
 	})
-}
-
-func guestMust(t testing.TB, err error) {
-	t.Helper()
-	if err != nil {
-		t.Fatal(err)
-	}
-}
-
-func guestRandHex(n int) string {
-	b := make([]byte, n)
-	_, _ = rand.Read(b)
-	return hex.EncodeToString(b)
-}
-
-func guestAddr(t testing.TB, s string) *netlink.Addr {
-	t.Helper()
-	a, err := netlink.ParseAddr(s)
-	guestMust(t, err)
-	return a
-}
-
-// guestNetNS creates a named netns (ip netns add) and a netlink handle in it,
-// both removed on cleanup.
-func guestNetNS(t testing.TB, name string) (string, *netlink.Handle) {
-	t.Helper()
-	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
-		t.Fatalf("ip netns add %s: %v: %s", name, err, out)
-	}
-	path := "/run/netns/" + name
-	t.Cleanup(func() {
-		if out, err := exec.Command("ip", "netns", "del", name).CombinedOutput(); err != nil {
-			t.Errorf("ip netns del %s: %v: %s", name, err, out)
-		}
-	})
-	ns, err := netns.GetFromPath(path)
-	guestMust(t, err)
-	h, err := netlink.NewHandleAt(ns)
-	ns.Close()
-	guestMust(t, err)
-	t.Cleanup(h.Close)
-	guestMust(t, h.LinkSetUp(&netlink.Device{LinkAttrs: netlink.LinkAttrs{Name: "lo"}}))
-	return path, h
-}
-
-// guestVeth makes a veth pair in the bridge netns, enslaves hostName to
-// bridge and moves the peer into the sandbox netns as name, with mac and
-// addr, up: what Docker's bridge driver leaves there.
-func guestVeth(t testing.TB, brH, sbxH *netlink.Handle, sbxPath string, bridge netlink.Link, hostName, name, mac, addr string) netlink.Link {
-	t.Helper()
-	peer := hostName + "p"
-	guestMust(t, brH.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: hostName, MasterIndex: bridge.Attrs().Index}, PeerName: peer}))
-	host, err := brH.LinkByName(hostName)
-	guestMust(t, err)
-	guestMust(t, brH.LinkSetUp(host))
-	p, err := brH.LinkByName(peer)
-	guestMust(t, err)
-	ns, err := netns.GetFromPath(sbxPath)
-	guestMust(t, err)
-	defer ns.Close()
-	guestMust(t, brH.LinkSetNsFd(p, int(ns)))
-	l, err := sbxH.LinkByName(peer)
-	guestMust(t, err)
-	guestMust(t, sbxH.LinkSetName(l, name))
-	hw, err := net.ParseMAC(mac)
-	guestMust(t, err)
-	guestMust(t, sbxH.LinkSetHardwareAddr(l, hw))
-	guestMust(t, sbxH.AddrAdd(l, guestAddr(t, addr)))
-	guestMust(t, sbxH.LinkSetUp(l))
-	l, err = sbxH.LinkByName(name)
-	guestMust(t, err)
-	return l
-}
-
-// guestInterfaceOf describes a sandbox link the way the monitor hands it to
-// Kata: netlink kind, MAC, MTU, IPv4 addresses with the prefix length.
-func guestInterfaceOf(t testing.TB, h *netlink.Handle, name string) *hotplug.Interface {
-	t.Helper()
-	l, err := h.LinkByName(name)
-	guestMust(t, err)
-	a := l.Attrs()
-	inf := &hotplug.Interface{Name: a.Name, HwAddr: a.HardwareAddr.String(), Mtu: uint64(a.MTU), Type: l.Type(), RawFlags: a.RawFlags}
-	addrs, err := h.AddrList(l, netlink.FAMILY_V4)
-	guestMust(t, err)
-	for _, ad := range addrs {
-		ones, _ := ad.Mask.Size()
-		inf.IPAddresses = append(inf.IPAddresses, &hotplug.IPAddress{Family: hotplug.FamilyV4, Address: ad.IP.String(), Mask: fmt.Sprint(ones)})
-	}
-	if len(inf.IPAddresses) == 0 {
-		t.Fatalf("%s has no IPv4 address", name)
-	}
-	return inf
-}
-
-// guestAssertMirred checks whether link has an ingress qdisc with a u32
-// mirred filter.
-func guestAssertMirred(t testing.TB, h *netlink.Handle, name string, want bool) {
-	t.Helper()
-	l, err := h.LinkByName(name)
-	if err != nil {
-		if want {
-			t.Errorf("%s: %v", name, err)
-		}
-		return
-	}
-	filters, err := h.FilterList(l, netlink.MakeHandle(0xffff, 0))
-	if err != nil && want {
-		t.Errorf("tc filters of %s: %v", name, err)
-		return
-	}
-	mirred := false
-	for _, f := range filters {
-		if u, ok := f.(*netlink.U32); ok {
-			for _, a := range u.Actions {
-				if _, ok := a.(*netlink.MirredAction); ok {
-					mirred = true
-				}
-			}
-		}
-	}
-	if mirred != want {
-		t.Errorf("%s: u32 mirred filter present = %v, want %v (filters %+v)", name, mirred, want, filters)
-	}
-}
-
-func guestHasRoute(rs []*hotplug.Route, dest, gw, dev string) bool {
-	for _, r := range rs {
-		if r.Dest == dest && r.Gateway == gw && r.Device == dev {
-			return true
-		}
-	}
-	return false
-}
-
-// guestReadTokenFrom connects to addr from the netns at nsPath and reads one
-// line, retrying until ctx ends (the first SYN may wait for ARP). The socket
-// is created on a locked thread inside the netns; the thread goes back before
-// it is unlocked.
-func guestReadTokenFrom(ctx context.Context, nsPath, addr string) (string, error) {
-	var last error
-	for {
-		conn, err := guest.DialFrom(ctx, nsPath, addr, 2*time.Second)
-		if err == nil {
-			_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
-			line, rerr := bufio.NewReader(conn).ReadString('\n')
-			conn.Close()
-			if rerr == nil {
-				return strings.TrimSpace(line), nil
-			}
-			err = rerr
-		}
-		last = err
-		select {
-		case <-ctx.Done():
-			return "", fmt.Errorf("%w (last error: %v)", ctx.Err(), last)
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
 }

@@ -1,37 +1,32 @@
 //go:build linux
 
-package e2e
+package guest
 
 import (
 	"context"
 	"fmt"
 	"slices"
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/sirupsen/logrus"
 
 	"github.com/kata-netmon/kata-netmon/e2e/internal/dockerenv"
+	"github.com/kata-netmon/kata-netmon/e2e/internal/dockerguest"
 	"github.com/kata-netmon/kata-netmon/e2e/internal/guest"
 	"github.com/kata-netmon/kata-netmon/e2e/internal/guest/guestproto"
 	"github.com/kata-netmon/kata-netmon/e2e/internal/katasim"
 )
 
-// TestGuestDocker runs the real monitor through shimhook.Start, the way a
-// Kata shim would, against a real Docker 29 and a real QEMU guest.
-//
-// The arrangement: with runc, a Docker container's netns receives exactly
-// the netlink sequence a Kata sandbox netns receives. So a busybox
-// container's netns plays the sandbox netns, the guest boots inside it (as
-// Kata's QEMU runs in the sandbox netns) and katasim hot-plugs Docker's
-// veths into it with Kata 4.1's tc mirred plumbing. Traffic from dockerd's
-// netns to the container's address then reaches the guest, not the
-// container.
+// TestDocker runs the real monitor through shimhook.Start, the way a
+// Kata shim would, against a real Docker 29 and a real QEMU guest behind a
+// container (dockerguest): katasim hot-plugs Docker's veths into the guest
+// with Kata 4.1's tc mirred plumbing, and traffic from dockerd's netns to
+// the container's address reaches the guest, not the container.
 //
 // One Docker environment serves every subtest; each top-level scenario has
 // one container and one guest (guests run one at a time on the machine).
-func TestGuestDocker(t *testing.T) {
+func TestDocker(t *testing.T) {
 	begin := time.Now()
 	env := dockerenv.Start(t)
 	img := env.ImportBusybox(t)
@@ -42,24 +37,24 @@ func TestGuestDocker(t *testing.T) {
 		env.MustDocker(t, "network", "create", "--driver", "bridge", n)
 	}
 	t.Logf("docker env, image and networks ready in %v", time.Since(begin).Round(time.Millisecond))
-	t.Cleanup(func() { t.Logf("TestGuestDocker took %v", time.Since(begin).Round(time.Millisecond)) })
+	t.Cleanup(func() { t.Logf("TestDocker took %v", time.Since(begin).Round(time.Millisecond)) })
 
-	t.Run("RunConnectDisconnect", func(t *testing.T) { gdRunConnectDisconnect(t, env, img, net1, net2) })
-	t.Run("HotplugRefusedUnplugRefused", func(t *testing.T) { gdRefused(t, env, img, net1, net2, net3) })
+	t.Run("RunConnectDisconnect", func(t *testing.T) { runConnectDisconnect(t, env, img, net1, net2) })
+	t.Run("HotplugRefusedUnplugRefused", func(t *testing.T) { refused(t, env, img, net1, net2, net3) })
 }
 
-// gdRunConnectDisconnect: docker run, then the guest boots with no NIC,
+// runConnectDisconnect: docker run, then the guest boots with no NIC,
 // then Start (the Docker 28+ order); connect a second network that takes
 // over the default gateway; disconnect it.
-func gdRunConnectDisconnect(t *testing.T, env *dockerenv.Env, img, net1, net2 string) {
+func runConnectDisconnect(t *testing.T, env *dockerenv.Env, img, net1, net2 string) {
 	begin := time.Now()
-	s := gdRunSandbox(t, env, img, net1)
-	sb, err := katasim.New(s.vm, katasim.Options{NetNS: s.netns})
+	s := dockerguest.Run(t, env, img, net1)
+	sb, err := katasim.New(s.VM, katasim.Options{NetNS: s.NetNS})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { sb.Close() })
-	ep0 := s.endpoint(t, net1)
+	ep0 := s.Endpoint(t, net1)
 	t.Logf("docker inspect: eth0 mac %s ip %v gw %v", ep0.MacAddress, ep0.IPv4Prefix(), ep0.Gateway)
 
 	// The monitor lives for the whole scenario, so it is started here, not
@@ -67,30 +62,30 @@ func gdRunConnectDisconnect(t *testing.T, env *dockerenv.Env, img, net1, net2 st
 	// and checked below.
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
-	infs, err := s.vm.Agent.ListInterfaces(ctx)
+	infs, err := s.VM.Agent.ListInterfaces(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(infs) != 1 || infs[0].Name != "lo" {
-		t.Fatalf("guest booted with %s, want lo only", gdDescribe(infs))
+		t.Fatalf("guest booted with %s, want lo only", dockerguest.Describe(infs))
 	}
-	mon := gdStartMonitor(t, s, sb)
+	mon := startMonitor(t, s, sb)
 	if mon.m == nil {
-		t.Fatalf("shimhook.Start returned no monitor; it logged:\n%s", gdEntries(mon.hook))
+		t.Fatalf("shimhook.Start returned no monitor; it logged:\n%s", mon.log.Dump(logrus.DebugLevel))
 	}
 	// No waiting: the synchronous first reconcile must have given the guest
 	// its network before Start returned, before any workload.
-	infsAfter, ierr := s.vm.Agent.ListInterfaces(ctx)
-	routesAfter, rerr := s.vm.Agent.ListRoutes(ctx)
+	infsAfter, ierr := s.VM.Agent.ListInterfaces(ctx)
+	routesAfter, rerr := s.VM.Agent.ListRoutes(ctx)
 
 	ok := t.Run("StartAttachesBeforeWorkload", func(t *testing.T) {
 		if ierr != nil || rerr != nil {
 			t.Fatal(ierr, rerr)
 		}
-		if err := gdCheckNIC(infsAfter, "eth0", ep0); err != nil {
+		if err := dockerguest.CheckNIC(infsAfter, "eth0", ep0); err != nil {
 			t.Fatalf("right after Start: %v", err)
 		}
-		if err := gdWantDefault(ep0.Gateway.String(), "eth0")(routesAfter); err != nil {
+		if err := dockerguest.DefaultRouteIs(ep0.Gateway.String(), "eth0")(routesAfter); err != nil {
 			t.Fatalf("right after Start: %v", err)
 		}
 		if got := mon.m.Attached(); !slices.Equal(got, []string{"eth0"}) {
@@ -101,7 +96,7 @@ func gdRunConnectDisconnect(t *testing.T, env *dockerenv.Env, img, net1, net2 st
 		}
 		ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 		defer cancel()
-		gdReachable(ctx, t, s, ep0.IPAddress.String(), 8080)
+		s.Reach(ctx, t, ep0.IPAddress.String(), 8080)
 	})
 	if !ok {
 		return
@@ -112,21 +107,21 @@ func gdRunConnectDisconnect(t *testing.T, env *dockerenv.Env, img, net1, net2 st
 		ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
 		defer cancel()
 		start := time.Now()
-		env.MustDocker(t, "network", "connect", "--gw-priority", "10", net2, s.ctr)
+		env.MustDocker(t, "network", "connect", "--gw-priority", "10", net2, s.Container)
 		connected := time.Since(start)
-		ep1 = s.endpoint(t, net2)
+		ep1 = s.Endpoint(t, net2)
 		if ep1.GwPriority != 10 {
 			t.Errorf("docker inspect: gw-priority of %s is %d, want 10", net2, ep1.GwPriority)
 		}
 		t.Logf("docker network connect: %v; eth1 mac %s ip %v gw %v", connected.Round(time.Millisecond), ep1.MacAddress, ep1.IPv4Prefix(), ep1.Gateway)
-		if _, err := s.vm.Agent.WaitInterfaces(ctx, 20*time.Millisecond, func(infs []*guestproto.Interface) error {
-			return gdCheckNIC(infs, "eth1", ep1)
+		if _, err := s.VM.Agent.WaitInterfaces(ctx, 20*time.Millisecond, func(infs []*guestproto.Interface) error {
+			return dockerguest.CheckNIC(infs, "eth1", ep1)
 		}); err != nil {
 			t.Fatal(err)
 		}
 		t.Logf("guest has eth1 %v after %v", ep1.IPv4Prefix(), time.Since(start).Round(time.Millisecond))
-		gdReachable(ctx, t, s, ep1.IPAddress.String(), 8080)
-		if _, err := s.vm.Agent.WaitRoutes(ctx, 20*time.Millisecond, gdWantDefault(ep1.Gateway.String(), "eth1")); err != nil {
+		s.Reach(ctx, t, ep1.IPAddress.String(), 8080)
+		if _, err := s.VM.Agent.WaitRoutes(ctx, 20*time.Millisecond, dockerguest.DefaultRouteIs(ep1.Gateway.String(), "eth1")); err != nil {
 			t.Fatal(err)
 		}
 		t.Logf("guest default route follows the gateway endpoint: via %v dev eth1", ep1.Gateway)
@@ -139,19 +134,19 @@ func gdRunConnectDisconnect(t *testing.T, env *dockerenv.Env, img, net1, net2 st
 		ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
 		defer cancel()
 		start := time.Now()
-		env.MustDocker(t, "network", "disconnect", net2, s.ctr)
+		env.MustDocker(t, "network", "disconnect", net2, s.Container)
 		t.Logf("docker network disconnect: %v", time.Since(start).Round(time.Millisecond))
-		if _, err := s.vm.Agent.WaitInterfaces(ctx, 20*time.Millisecond, func(infs []*guestproto.Interface) error {
+		if _, err := s.VM.Agent.WaitInterfaces(ctx, 20*time.Millisecond, func(infs []*guestproto.Interface) error {
 			if inf := guest.FindInterface(infs, ep1.MacAddress); inf != nil {
 				return fmt.Errorf("guest still has %s (%s)", inf.Name, inf.HwAddr)
 			}
-			return gdCheckNIC(infs, "eth0", ep0)
+			return dockerguest.CheckNIC(infs, "eth0", ep0)
 		}); err != nil {
 			t.Fatal(err)
 		}
 		t.Logf("guest's eth1 gone after %v", time.Since(start).Round(time.Millisecond))
-		gdReachable(ctx, t, s, ep0.IPAddress.String(), 8080)
-		if _, err := s.vm.Agent.WaitRoutes(ctx, 20*time.Millisecond, gdWantDefault(ep0.Gateway.String(), "eth0")); err != nil {
+		s.Reach(ctx, t, ep0.IPAddress.String(), 8080)
+		if _, err := s.VM.Agent.WaitRoutes(ctx, 20*time.Millisecond, dockerguest.DefaultRouteIs(ep0.Gateway.String(), "eth0")); err != nil {
 			t.Fatal(err)
 		}
 		rm, err := sb.WaitCalls(ctx, "RemoveInterface", 1)
@@ -164,7 +159,7 @@ func gdRunConnectDisconnect(t *testing.T, env *dockerenv.Env, img, net1, net2 st
 		t.Logf("RemoveInterface(eth1) took %v: %s", rm[0].Took.Round(time.Millisecond), rm[0].PhasesString())
 		// The monitor drops eth1 from its state after the call returns,
 		// then logs it: wait for the line before reading the state.
-		if _, err := gdWaitLog(ctx, mon.hook, logrus.InfoLevel, "detached endpoint"); err != nil {
+		if _, err := mon.log.Wait(remaining(ctx), logrus.InfoLevel, "detached endpoint", 1); err != nil {
 			t.Fatal(err)
 		}
 		if eps := sb.Endpoints(); len(eps) != 1 || eps[0].Name != "eth0" {
@@ -173,44 +168,46 @@ func gdRunConnectDisconnect(t *testing.T, env *dockerenv.Env, img, net1, net2 st
 		if got := mon.m.Attached(); !slices.Equal(got, []string{"eth0"}) {
 			t.Errorf("monitor attached %v, want [eth0]", got)
 		}
-		gdAssertQEMUQuiet(t, s.vm)
-		gdNoErrors(t, mon.hook)
+		if err := s.VM.TapError(); err != nil {
+			t.Error(err)
+		}
+		mon.log.NoErrors(t)
 	})
 	t.Logf("scenario took %v", time.Since(begin).Round(time.Millisecond))
 }
 
-// gdRefused: on one container and guest, a sandbox that cannot hot-plug
+// refused: on one container and guest, a sandbox that cannot hot-plug
 // (Firecracker) keeps the monitor from starting; then one that hot-plugs
 // but cannot unplug (Cloud Hypervisor) runs it, and a disconnect leaves the
 // monitor running and the guest working.
-func gdRefused(t *testing.T, env *dockerenv.Env, img, net1, net2, net3 string) {
+func refused(t *testing.T, env *dockerenv.Env, img, net1, net2, net3 string) {
 	begin := time.Now()
-	s := gdRunSandbox(t, env, img, net1)
-	ep0 := s.endpoint(t, net1)
+	s := dockerguest.Run(t, env, img, net1)
+	ep0 := s.Endpoint(t, net1)
 
 	ok := t.Run("NoHotplug", func(t *testing.T) {
 		ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 		defer cancel()
-		fc, err := katasim.New(s.vm, katasim.Options{NetNS: s.netns, NoHotplug: true})
+		fc, err := katasim.New(s.VM, katasim.Options{NetNS: s.NetNS, NoHotplug: true})
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer fc.Close()
-		mon := gdStartMonitor(t, s, fc)
+		mon := startMonitor(t, s, fc)
 		if mon.m != nil {
 			t.Fatal("shimhook.Start returned a monitor for a sandbox that cannot hot-plug NICs")
 		}
-		if e := gdFindLog(mon.hook, logrus.InfoLevel, "cannot hot-plug NICs"); e == nil {
-			t.Errorf("Start did not say why it did not start; it logged:\n%s", gdEntries(mon.hook))
+		if e := mon.log.Find(logrus.InfoLevel, "cannot hot-plug NICs"); e == nil {
+			t.Errorf("Start did not say why it did not start; it logged:\n%s", mon.log.Dump(logrus.DebugLevel))
 		} else {
 			t.Logf("Start said: %q", e.Message)
 		}
 		if calls := fc.Calls(); len(fc.CallsOf("AddInterface")) != 0 || len(fc.CallsOf("Capabilities")) == 0 {
 			t.Errorf("sandbox calls: %+v, want Capabilities only", calls)
 		}
-		infs, err := s.vm.Agent.ListInterfaces(ctx)
+		infs, err := s.VM.Agent.ListInterfaces(ctx)
 		if err != nil || len(infs) != 1 {
-			t.Fatalf("guest interfaces %s, %v; want lo only", gdDescribe(infs), err)
+			t.Fatalf("guest interfaces %s, %v; want lo only", dockerguest.Describe(infs), err)
 		}
 	})
 	if !ok {
@@ -220,43 +217,43 @@ func gdRefused(t *testing.T, env *dockerenv.Env, img, net1, net2, net3 string) {
 	t.Run("NoUnplug", func(t *testing.T) {
 		ctx, cancel := context.WithTimeout(t.Context(), 90*time.Second)
 		defer cancel()
-		clh, err := katasim.New(s.vm, katasim.Options{NetNS: s.netns, NoUnplug: true})
+		clh, err := katasim.New(s.VM, katasim.Options{NetNS: s.NetNS, NoUnplug: true})
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { clh.Close() })
-		mon := gdStartMonitor(t, s, clh)
+		mon := startMonitor(t, s, clh)
 		if mon.m == nil {
-			t.Fatalf("shimhook.Start returned no monitor; it logged:\n%s", gdEntries(mon.hook))
+			t.Fatalf("shimhook.Start returned no monitor; it logged:\n%s", mon.log.Dump(logrus.DebugLevel))
 		}
-		if gdFindLog(mon.hook, logrus.WarnLevel, "cannot hot-unplug") == nil {
-			t.Errorf("no warning that the hypervisor cannot hot-unplug; logged:\n%s", gdEntries(mon.hook))
+		if mon.log.Find(logrus.WarnLevel, "cannot hot-unplug") == nil {
+			t.Errorf("no warning that the hypervisor cannot hot-unplug; logged:\n%s", mon.log.Dump(logrus.DebugLevel))
 		}
-		infs, err := s.vm.Agent.ListInterfaces(ctx)
+		infs, err := s.VM.Agent.ListInterfaces(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := gdCheckNIC(infs, "eth0", ep0); err != nil {
+		if err := dockerguest.CheckNIC(infs, "eth0", ep0); err != nil {
 			t.Fatalf("right after Start: %v", err)
 		}
 
-		env.MustDocker(t, "network", "connect", net2, s.ctr)
-		ep1 := s.endpoint(t, net2)
-		if _, err := s.vm.Agent.WaitInterfaces(ctx, 20*time.Millisecond, func(infs []*guestproto.Interface) error {
-			return gdCheckNIC(infs, "eth1", ep1)
+		env.MustDocker(t, "network", "connect", net2, s.Container)
+		ep1 := s.Endpoint(t, net2)
+		if _, err := s.VM.Agent.WaitInterfaces(ctx, 20*time.Millisecond, func(infs []*guestproto.Interface) error {
+			return dockerguest.CheckNIC(infs, "eth1", ep1)
 		}); err != nil {
 			t.Fatal(err)
 		}
-		gdReachable(ctx, t, s, ep1.IPAddress.String(), 8080)
+		s.Reach(ctx, t, ep1.IPAddress.String(), 8080)
 
-		env.MustDocker(t, "network", "disconnect", net2, s.ctr)
-		e, err := gdWaitLog(ctx, mon.hook, logrus.WarnLevel, "cannot hot-unplug NICs: the guest keeps")
+		env.MustDocker(t, "network", "disconnect", net2, s.Container)
+		es, err := mon.log.Wait(remaining(ctx), logrus.WarnLevel, "cannot hot-unplug NICs: the guest keeps", 1)
 		if err != nil {
 			t.Fatal(err)
 		}
-		t.Logf("monitor said: %q (ifname %v)", e.Message, e.Data["ifname"])
+		t.Logf("monitor said: %q (ifname %v)", es[0].Message, es[0].Data["ifname"])
 		// The guest keeps eth0 working; eth1 stays, without a backend.
-		gdReachable(ctx, t, s, ep0.IPAddress.String(), 8080)
+		s.Reach(ctx, t, ep0.IPAddress.String(), 8080)
 		if got := mon.m.Attached(); !slices.Equal(got, []string{"eth0"}) {
 			t.Errorf("monitor attached %v, want [eth0]", got)
 		}
@@ -267,27 +264,21 @@ func gdRefused(t *testing.T, env *dockerenv.Env, img, net1, net2, net3 string) {
 		// Still running: the next network is attached too. Docker names
 		// it eth1 again; the guest's stranded eth1 is renamed out of the
 		// way by the agent, as Kata's agent does.
-		env.MustDocker(t, "network", "connect", net3, s.ctr)
-		ep3 := s.endpoint(t, net3)
-		if _, err := s.vm.Agent.WaitInterfaces(ctx, 20*time.Millisecond, func(infs []*guestproto.Interface) error {
-			return gdCheckNIC(infs, "eth1", ep3)
+		env.MustDocker(t, "network", "connect", net3, s.Container)
+		ep3 := s.Endpoint(t, net3)
+		if _, err := s.VM.Agent.WaitInterfaces(ctx, 20*time.Millisecond, func(infs []*guestproto.Interface) error {
+			return dockerguest.CheckNIC(infs, "eth1", ep3)
 		}); err != nil {
 			t.Fatal(err)
 		}
-		gdReachable(ctx, t, s, ep3.IPAddress.String(), 8080)
-		gdReachable(ctx, t, s, ep0.IPAddress.String(), 8080)
-		infs, _ = s.vm.Agent.ListInterfaces(ctx)
-		t.Logf("guest now has: %s", gdDescribe(infs))
-		gdNoErrors(t, mon.hook)
-		gdAssertQEMUQuiet(t, s.vm)
+		s.Reach(ctx, t, ep3.IPAddress.String(), 8080)
+		s.Reach(ctx, t, ep0.IPAddress.String(), 8080)
+		infs, _ = s.VM.Agent.ListInterfaces(ctx)
+		t.Logf("guest now has: %s", dockerguest.Describe(infs))
+		mon.log.NoErrors(t)
+		if err := s.VM.TapError(); err != nil {
+			t.Error(err)
+		}
 	})
 	t.Logf("scenario took %v", time.Since(begin).Round(time.Millisecond))
-}
-
-func gdEntries(h interface{ AllEntries() []*logrus.Entry }) string {
-	var b strings.Builder
-	for _, e := range h.AllEntries() {
-		b.WriteString("  " + strings.ToUpper(e.Level.String()) + " " + e.Message + gdFields(e.Data) + "\n")
-	}
-	return b.String()
 }
