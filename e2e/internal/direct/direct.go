@@ -43,6 +43,8 @@ type Config struct {
 	Metrics *metrics.Sandbox
 	// Netmon, if set, changes netmon's config before it is made.
 	Netmon func(*netmon.Config)
+	// CallTimeout bounds each sandbox call (0: the reconciler's default).
+	CallTimeout time.Duration
 }
 
 // Monitor is a running netmon and reconciler.
@@ -53,8 +55,10 @@ type Monitor struct {
 	Reconciler *hotplug.Reconciler
 
 	passes atomic.Int64
-	mu     sync.Mutex
+	mu     sync.Mutex    // guards bc and pc
 	bc     chan struct{} // closed and replaced on every change of the view
+	pc     chan struct{} // closed and replaced on every pass
+	seen   uint64        // the newest view generation a pass has read
 	ran    chan struct{} // closed when Run returned
 	runErr error         // Run's result, valid once ran is closed
 }
@@ -81,10 +85,10 @@ func Start(t testing.TB, cfg Config) *Monitor {
 		t.Fatalf("netmon.New: %v", err)
 	}
 	t.Cleanup(func() { nm.Close() })
-	m := &Monitor{Netmon: nm, bc: make(chan struct{}), ran: make(chan struct{})}
+	m := &Monitor{Netmon: nm, bc: make(chan struct{}), pc: make(chan struct{}), ran: make(chan struct{})}
 	src := &tee{Monitor: nm, m: m, rc: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
 	hcfg := hotplug.Config{Sandbox: cfg.Sandbox, Source: src, Log: log.WithField("netns", cfg.SandboxNetNS),
-		MinBackoff: 20 * time.Millisecond, MaxBackoff: 200 * time.Millisecond}
+		CallTimeout: cfg.CallTimeout, MinBackoff: 20 * time.Millisecond, MaxBackoff: 200 * time.Millisecond}
 	if cfg.Metrics != nil {
 		hcfg.Observer = cfg.Metrics
 	}
@@ -118,6 +122,52 @@ func (m *Monitor) View() *view.Snapshot { return m.Netmon.Snapshot() }
 
 // Passes returns how many reconcile passes have read the view.
 func (m *Monitor) Passes() int64 { return m.passes.Load() }
+
+// WaitPasses waits until the reconciler has begun more than n passes (read
+// the view more than n times) and returns the count; it fails t at the
+// deadline. A pass that begins after an event has seen it: this is how a test
+// knows the reconciler had its chance to act, without sleeping.
+func (m *Monitor) WaitPasses(t testing.TB, timeout time.Duration, n int64) int64 {
+	t.Helper()
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	for {
+		m.mu.Lock()
+		ch := m.pc
+		m.mu.Unlock()
+		if p := m.Passes(); p > n {
+			return p
+		}
+		select {
+		case <-ch:
+		case <-deadline.C:
+			t.Fatalf("no reconcile pass after pass %d within %v", n, timeout)
+		}
+	}
+}
+
+// WaitPassOver waits until a reconcile pass has read a view of generation
+// gen or newer (a snapshot WaitView returned, say): that pass has seen what
+// the test saw. It fails t at the deadline. The pass may still be running:
+// a pass that reads a later generation begins after it has ended.
+func (m *Monitor) WaitPassOver(t testing.TB, timeout time.Duration, gen uint64) {
+	t.Helper()
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	for {
+		m.mu.Lock()
+		ch, seen := m.pc, m.seen
+		m.mu.Unlock()
+		if seen >= gen {
+			return
+		}
+		select {
+		case <-ch:
+		case <-deadline.C:
+			t.Fatalf("no reconcile pass read view generation %d within %v (newest read: %d)", gen, timeout, seen)
+		}
+	}
+}
 
 // WaitRun waits up to timeout for the reconciler's Run to return (the test
 // cancelled it, netmon was closed, or the sandbox died): ended says whether
@@ -176,9 +226,17 @@ type tee struct {
 
 var _ hotplug.Source = (*tee)(nil)
 
+// Snapshot counts the pass before it reads the view: a pass counted after a
+// test read Passes reads a view at least as new as what the test saw then.
 func (s *tee) Snapshot() *view.Snapshot {
 	s.m.passes.Add(1)
-	return s.Monitor.Snapshot()
+	snap := s.Monitor.Snapshot()
+	s.m.mu.Lock()
+	s.m.seen = max(s.m.seen, snap.Generation)
+	close(s.m.pc)
+	s.m.pc = make(chan struct{})
+	s.m.mu.Unlock()
+	return snap
 }
 
 func (s *tee) Changed() <-chan struct{} { return s.rc }

@@ -1,6 +1,6 @@
 //go:build linux
 
-package e2e
+package faults
 
 import (
 	"context"
@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"slices"
 	"testing"
-	"time"
 
 	"github.com/sirupsen/logrus"
 	"github.com/vishvananda/netlink"
@@ -27,7 +26,7 @@ import (
 // of them, while a real endpoint in the same netns, created last, is
 // attached (so the monitor was working and had seen them all).
 func TestHostileLinks(t *testing.T) {
-	e := ftNewEnv(t)
+	e := newEnv(t)
 	const id = "ft-hostile"
 	// A netns that is not dockerd's, with a bridge of its own.
 	_, rogueNS := netmontest.NewNetNS(t)
@@ -114,26 +113,33 @@ func TestHostileLinks(t *testing.T) {
 	for _, c := range cases[:3] {
 		finish(c.make(c.name), c.name, c.why)
 	}
-	m := ftStart(t, e.shimConfig(id, fs))
+	m := startShim(t, e.shimConfig(id, fs))
 	for _, c := range cases[3:] {
 		finish(c.make(c.name), c.name, c.why)
 	}
-	real := e.endpoint(t, "eth5", true)
-	ftWaitUntil(t, ftWait, "the real endpoint attached", func() (bool, string) {
+	real := e.addEndpoint(t, "eth5", true)
+	waitUntil(t, waitTimeout, "the real endpoint attached", func() (bool, string) {
 		return slices.Equal(m.Attached(), []string{"eth5"}), fmt.Sprintf("attached %v, calls %v", m.Attached(), fs.Ops())
 	})
 	// A second real endpoint given the same MAC (docker network connect
 	// --mac-address): Kata tells NICs apart by MAC only, so it is refused
 	// too, with one warning.
-	dup := e.newEP(t)
+	dup := e.newVeth(t)
 	dup.MAC = real.MAC
 	dup.configure("eth6", false)
 	hostile["eth6"] = "a real endpoint with the MAC of an attached one"
-	ftWaitUntil(t, ftWait, "the duplicate MAC refused", func() (bool, string) {
-		return len(ftEntries(e.hook, logrus.WarnLevel, "another attached endpoint has this MAC")) == 1, ftDumpLog(e.hook, logrus.WarnLevel)
-	})
-	// Let any late decision about the others happen.
-	time.Sleep(200 * time.Millisecond)
+	if es, err := e.log.Wait(waitTimeout, logrus.WarnLevel, "another attached endpoint has this MAC", 1); err != nil {
+		t.Fatal(err)
+	} else if len(es) != 1 {
+		t.Errorf("%d warnings about the duplicate MAC, want 1:%s", len(es), e.log.Dump(logrus.WarnLevel))
+	}
+	// No later decision can change the verdict on the others: each was
+	// final in the kernel before eth5 was created, and netmon reads link
+	// and address messages in order on each socket, so the pass that
+	// attached eth5 (ready only after its own messages) saw all of them
+	// final, and so did every pass since (the one that refused eth6 has
+	// begun). The matcher decides on the view alone; a fresh view of the
+	// netns, classified below, says why each stays out.
 	for _, c := range fs.CallsOf(hotplugtest.OpAddInterface) {
 		if why, bad := hostile[c.Interface.Name]; bad || slices.Contains(hostileMACs, c.MAC()) {
 			t.Errorf("attached %q (%s): %s", c.Interface.Name, c.MAC(), why)
@@ -150,8 +156,8 @@ func TestHostileLinks(t *testing.T) {
 			t.Errorf("route pushed through %q", r.Device)
 		}
 	}
-	if w := ftEntries(e.hook, logrus.WarnLevel, ""); len(w) != 1 {
-		t.Errorf("warnings (want only the duplicate MAC's):%s", ftDumpLog(e.hook, logrus.WarnLevel))
+	if w := e.log.Entries(logrus.WarnLevel, ""); len(w) != 1 {
+		t.Errorf("warnings (want only the duplicate MAC's):%s", e.log.Dump(logrus.WarnLevel))
 	}
 	// Each was refused for what it is (Ignored), not merely still pending:
 	// a fresh view of the netns, classified.
