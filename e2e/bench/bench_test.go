@@ -194,13 +194,14 @@ func BenchmarkIdle(b *testing.B) {
 	base := idleFor(idle)
 
 	e.start(b, sb)
-	sb.wait(b, "eth0 attached", func(s *sandbox) bool { return !s.added[mac.String()].IsZero() })
-	time.Sleep(100 * time.Millisecond) // let the start-up settle before measuring (not an assertion)
+	sb.waitAdded(b, mac) // eth0 attached
+	// Let the start-up settle before measuring (a report, not an assertion).
+	time.Sleep(100 * time.Millisecond)
 	gAfter, stacksAfter := runtime.NumGoroutine(), goroutines()
 	memAfter := memStats()
-	calls := sb.Calls()
+	calls := sb.callCount()
 	mon := idleFor(idle)
-	idleCalls := sb.Calls() - calls
+	idleCalls := sb.callCount() - calls
 
 	// Events: address churn the matcher ignores, then endpoints coming and
 	// going.
@@ -426,9 +427,9 @@ func BenchmarkUnrelatedEvents(b *testing.B) {
 			ep.Up()
 			e.start(b, sb)
 			sb.waitAdded(b, mac)
-			calls0 := sb.Calls()
+			calls0 := sb.callCount()
 			withMon := measure()
-			callsDuring := sb.Calls() - calls0
+			callsDuring := sb.callCount() - calls0
 			resyncs := e.log.count("resynced")
 			marker, mmac := e.endpoint(b, "eth1")
 			marker.AddAddr(hostAddr(3))

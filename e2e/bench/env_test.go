@@ -11,19 +11,20 @@ import (
 	"net"
 	"os"
 	"runtime"
+	"slices"
 	"sort"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
-	"github.com/opencontainers/runtime-spec/specs-go"
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
 
+	"github.com/kata-netmon/kata-netmon/e2e/internal/shimcfg"
 	"github.com/kata-netmon/kata-netmon/hotplug"
+	"github.com/kata-netmon/kata-netmon/hotplug/hotplugtest"
 	"github.com/kata-netmon/kata-netmon/internal/nsdo"
 	"github.com/kata-netmon/kata-netmon/netmon/netmontest"
 	"github.com/kata-netmon/kata-netmon/shimhook"
@@ -60,20 +61,12 @@ func hostAddr(i int) string {
 // stopped on cleanup.
 func (e *env) start(b *testing.B, sb hotplug.Sandbox) *shimhook.Monitor {
 	b.Helper()
-	s := shimhook.DefaultSettings()
-	s.DockerdNetNS = e.DockerdPath
-	m, err := shimhook.Start(context.Background(), shimhook.Config{
-		SandboxID: "knm-bench",
-		Namespace: "moby",
-		Spec:      &specs.Spec{Linux: &specs.Linux{Namespaces: []specs.LinuxNamespace{{Type: specs.NetworkNamespace}}}},
-		Sandbox:   sb,
-		NetNSPath: e.SandboxPath,
-		// Watched by a pidfd as the shim's hypervisor would be (this
-		// process: it never exits while the monitor runs).
-		HypervisorPID: os.Getpid(),
-		Settings:      s,
-		Log:           e.log.entry,
-	})
+	cfg := shimcfg.Docker("knm-bench", sb, e.SandboxPath, e.DockerdPath)
+	// Watched by a pidfd as the shim's hypervisor would be (this process:
+	// it never exits while the monitor runs).
+	cfg.HypervisorPID = os.Getpid()
+	cfg.Log = e.log.entry
+	m, err := shimhook.Start(context.Background(), cfg)
 	if err != nil || m == nil {
 		b.Fatalf("shimhook.Start = %v, %v", m, err)
 	}
@@ -98,127 +91,39 @@ func (e *env) endpoint(b *testing.B, name string) (*netmontest.Endpoint, net.Har
 	return ep, mac
 }
 
-// sandbox is an in-memory hotplug.Sandbox with Kata's semantics that
-// timestamps AddInterface and RemoveInterface on entry.
-type sandbox struct {
-	mu      sync.Mutex
-	guest   map[string]*hotplug.Interface // by MAC
-	added   map[string]time.Time
-	removed map[string]time.Time
-	calls   int
-	ch      chan struct{} // closed and replaced on every call
-}
+// sandbox is the in-memory Kata-like sandbox every test uses
+// (hotplugtest.FakeSandbox); each call's time is its Call.At, read on entry.
+type sandbox struct{ *hotplugtest.FakeSandbox }
 
-func newSandbox() *sandbox {
-	return &sandbox{guest: map[string]*hotplug.Interface{}, added: map[string]time.Time{},
-		removed: map[string]time.Time{}, ch: make(chan struct{})}
-}
+func newSandbox() sandbox { return sandbox{&hotplugtest.FakeSandbox{}} }
 
-func (s *sandbox) notifyLocked() {
-	s.calls++
-	close(s.ch)
-	s.ch = make(chan struct{})
-}
-
-func (s *sandbox) AddInterface(_ context.Context, inf *hotplug.Interface) (*hotplug.Interface, error) {
-	now := time.Now()
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	mac := strings.ToLower(inf.HwAddr)
-	if _, ok := s.guest[mac]; ok {
-		return nil, fmt.Errorf("guest has %s already", mac)
-	}
-	c := *inf
-	s.guest[mac] = &c
-	s.added[mac] = now
-	s.notifyLocked()
-	return &c, nil
-}
-
-func (s *sandbox) RemoveInterface(_ context.Context, inf *hotplug.Interface) (*hotplug.Interface, error) {
-	now := time.Now()
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	mac := strings.ToLower(inf.HwAddr)
-	delete(s.guest, mac)
-	s.removed[mac] = now
-	s.notifyLocked()
-	return nil, nil
-}
-
-func (s *sandbox) ListInterfaces(context.Context) ([]*hotplug.Interface, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	out := make([]*hotplug.Interface, 0, len(s.guest))
-	for _, g := range s.guest {
-		c := *g
-		out = append(out, &c)
-	}
-	s.notifyLocked()
-	return out, nil
-}
-
-func (s *sandbox) UpdateRoutes(_ context.Context, routes []*hotplug.Route) ([]*hotplug.Route, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.notifyLocked()
-	for _, r := range routes {
-		found := false
-		for _, g := range s.guest {
-			found = found || g.Name == r.Device
-		}
-		if !found {
-			return nil, fmt.Errorf("route to %q: Link not found (%s)", r.Dest, r.Device)
-		}
-	}
-	return routes, nil
-}
-
-func (s *sandbox) Capabilities() hotplug.Capabilities {
-	return hotplug.Capabilities{HotplugNIC: true, HotUnplugNIC: true}
-}
-
-func (s *sandbox) Calls() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.calls
-}
-
-// wait waits until cond holds (checked under the lock on every call).
-func (s *sandbox) wait(b *testing.B, what string, cond func(s *sandbox) bool) {
+// waitCall waits for the first call of op naming mac and returns when it
+// was made.
+func (s sandbox) waitCall(b *testing.B, op string, mac net.HardwareAddr) time.Time {
 	b.Helper()
-	deadline := time.NewTimer(benchWait)
-	defer deadline.Stop()
-	for {
-		s.mu.Lock()
-		ok, ch := cond(s), s.ch
-		s.mu.Unlock()
-		if ok {
-			return
-		}
-		select {
-		case <-ch:
-		case <-deadline.C:
-			b.Fatalf("timed out waiting for %s", what)
-		}
+	calls, err := s.WaitFor(benchWait, func(calls []hotplugtest.Call) bool {
+		return slices.ContainsFunc(calls, func(c hotplugtest.Call) bool { return c.Op == op && c.MAC() == mac.String() })
+	}, op+" "+mac.String())
+	if err != nil {
+		b.Fatal(err)
 	}
+	return calls[slices.IndexFunc(calls, func(c hotplugtest.Call) bool { return c.Op == op && c.MAC() == mac.String() })].At
 }
 
 // waitAdded waits for AddInterface of mac and returns when it was called.
-func (s *sandbox) waitAdded(b *testing.B, mac net.HardwareAddr) time.Time {
+func (s sandbox) waitAdded(b *testing.B, mac net.HardwareAddr) time.Time {
 	b.Helper()
-	var at time.Time
-	s.wait(b, "AddInterface "+mac.String(), func(s *sandbox) bool {
-		at = s.added[mac.String()]
-		return !at.IsZero()
-	})
-	return at
+	return s.waitCall(b, hotplugtest.OpAddInterface, mac)
 }
 
-func (s *sandbox) waitRemoved(b *testing.B, mac net.HardwareAddr) {
+// waitRemoved waits for RemoveInterface of mac.
+func (s sandbox) waitRemoved(b *testing.B, mac net.HardwareAddr) {
 	b.Helper()
-	s.wait(b, "RemoveInterface "+mac.String(), func(s *sandbox) bool { return !s.removed[mac.String()].IsZero() })
+	s.waitCall(b, hotplugtest.OpRemoveInterface, mac)
 }
+
+// callCount is how many calls the sandbox has received.
+func (s sandbox) callCount() int { return len(s.Calls()) }
 
 // logCounter counts the monitor's log messages (resyncs, errors).
 type logCounter struct {

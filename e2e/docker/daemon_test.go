@@ -63,8 +63,7 @@ func randomSubnet6() netip.Prefix {
 // the end of the test (after its containers: cleanups run last-in first-out).
 func (d *daemon) network(t *testing.T, args ...string) string {
 	t.Helper()
-	name := dockerenv.UniqueName("knm-dk")
-	d.MustDocker(t, append(append([]string{"network", "create", "--driver", "bridge"}, args...), name)...)
+	name := d.MustCreateNetwork(t, "knm-dk", args...)
 	t.Cleanup(func() { d.cleanupDocker(t, "network", "rm", name) })
 	return name
 }

@@ -30,11 +30,9 @@ func TestEnv(t *testing.T) {
 	img := env.ImportBusybox(t)
 	t.Logf("busybox import: %v", time.Since(step).Round(time.Millisecond))
 
-	net1 := dockerenv.UniqueName("knm-net")
-	env.MustDocker(t, "network", "create", "--driver", "bridge", net1)
+	net1 := env.MustCreateNetwork(t, "knm-net")
 	const mtu2 = 1400
-	net2 := dockerenv.UniqueName("knm-net")
-	env.MustDocker(t, "network", "create", "--driver", "bridge", "--opt", fmt.Sprintf("%s=%d", dockerenv.MTUOption, mtu2), net2)
+	net2 := env.MustCreateNetwork(t, "knm-net", "--opt", fmt.Sprintf("%s=%d", dockerenv.MTUOption, mtu2))
 
 	n1 := env.MustInspectNetwork(t, net1)
 	if len(n1.Subnets()) == 0 || !n1.IPAM.Config[0].Gateway.IsValid() {

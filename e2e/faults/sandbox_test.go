@@ -181,20 +181,7 @@ func TestSandboxHangs(t *testing.T) {
 	t.Run("abandoned then recovers", func(t *testing.T) {
 		e := newEnv(t)
 		const id = "ft-hang"
-		release, hung := make(chan struct{}), make(chan struct{})
-		var once sync.Once
-		t.Cleanup(func() { once.Do(func() { close(release) }) })
-		var first atomic.Bool
-		first.Store(true)
-		fs := &hotplugtest.FakeSandbox{}
-		fs.AddInterfaceFn = func(_ context.Context, inf *hotplug.Interface) (*hotplug.Interface, error) {
-			if first.CompareAndSwap(true, false) {
-				close(hung)
-				<-release
-				return nil, errors.New("QMP: device_add timed out")
-			}
-			return fs.GuestAddInterface(inf)
-		}
+		fs, hung, release := hangFirstAttach(t)
 		ep := e.addEndpoint(t, "eth0", true)
 		cfg := e.shimConfig(id, fs)
 		cfg.Settings.CallTimeout = 200 * time.Millisecond
@@ -207,7 +194,7 @@ func TestSandboxHangs(t *testing.T) {
 		if n := len(e.log.Entries(logrus.ErrorLevel, "did not return within")); n != 1 {
 			t.Errorf("%d logs of the abandoned call, want 1:%s", n, e.log.Dump(logrus.WarnLevel))
 		}
-		once.Do(func() { close(release) })
+		release()
 		if _, err := fs.WaitFor(waitTimeout, func([]hotplugtest.Call) bool {
 			return slices.Contains(fs.GuestMACs(), ep.MAC.String())
 		}, "the retried attach"); err != nil {
@@ -227,20 +214,7 @@ func TestSandboxHangs(t *testing.T) {
 	// directly (no shimhook) to see the passes.
 	t.Run("no call while hung", func(t *testing.T) {
 		e := newEnv(t)
-		release, hung := make(chan struct{}), make(chan struct{})
-		var once sync.Once
-		t.Cleanup(func() { once.Do(func() { close(release) }) })
-		var first atomic.Bool
-		first.Store(true)
-		fs := &hotplugtest.FakeSandbox{}
-		fs.AddInterfaceFn = func(_ context.Context, inf *hotplug.Interface) (*hotplug.Interface, error) {
-			if first.CompareAndSwap(true, false) {
-				close(hung)
-				<-release
-				return nil, errors.New("QMP: device_add timed out")
-			}
-			return fs.GuestAddInterface(inf)
-		}
+		fs, hung, release := hangFirstAttach(t)
 		d := e.startDirect(t, fs, "ft-hang-held", func(c *direct.Config) { c.CallTimeout = 200 * time.Millisecond })
 		eth0 := e.addEndpoint(t, "eth0", true)
 		select {
@@ -274,7 +248,7 @@ func TestSandboxHangs(t *testing.T) {
 			t.Errorf("%d sandbox calls while one hung: %v", n-calls, fs.Ops())
 		}
 
-		once.Do(func() { close(release) })
+		release()
 		want := slices.Sorted(slices.Values([]string{eth0.MAC.String(), eth1.MAC.String()}))
 		if _, err := fs.WaitFor(waitTimeout, func([]hotplugtest.Call) bool {
 			return slices.Equal(fs.GuestMACs(), want)
@@ -338,4 +312,26 @@ func TestSandboxHangs(t *testing.T) {
 			t.Errorf("%d series left after Stop", n)
 		}
 	})
+}
+
+// hangFirstAttach returns a sandbox whose first AddInterface ignores its
+// context and blocks until release is called (then fails, as a QMP timeout
+// would); later calls attach. hung is closed when the first call blocks.
+// release is idempotent and also runs on cleanup.
+func hangFirstAttach(t *testing.T) (fs *hotplugtest.FakeSandbox, hung <-chan struct{}, release func()) {
+	blocked, released := make(chan struct{}), make(chan struct{})
+	release = sync.OnceFunc(func() { close(released) })
+	t.Cleanup(release)
+	var first atomic.Bool
+	first.Store(true)
+	fs = &hotplugtest.FakeSandbox{}
+	fs.AddInterfaceFn = func(_ context.Context, inf *hotplug.Interface) (*hotplug.Interface, error) {
+		if first.CompareAndSwap(true, false) {
+			close(blocked)
+			<-released
+			return nil, errors.New("QMP: device_add timed out")
+		}
+		return fs.GuestAddInterface(inf)
+	}
+	return fs, blocked, release
 }

@@ -30,12 +30,9 @@ func TestDocker(t *testing.T) {
 	begin := time.Now()
 	env := dockerenv.Start(t)
 	img := env.ImportBusybox(t)
-	net1 := dockerenv.UniqueName("knm-gd-a")
-	net2 := dockerenv.UniqueName("knm-gd-b")
-	net3 := dockerenv.UniqueName("knm-gd-c")
-	for _, n := range []string{net1, net2, net3} {
-		env.MustDocker(t, "network", "create", "--driver", "bridge", n)
-	}
+	net1 := env.MustCreateNetwork(t, "knm-gd-a")
+	net2 := env.MustCreateNetwork(t, "knm-gd-b")
+	net3 := env.MustCreateNetwork(t, "knm-gd-c")
 	t.Logf("docker env, image and networks ready in %v", time.Since(begin).Round(time.Millisecond))
 	t.Cleanup(func() { t.Logf("TestDocker took %v", time.Since(begin).Round(time.Millisecond)) })
 

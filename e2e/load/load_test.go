@@ -22,14 +22,15 @@ import (
 	"testing"
 	"time"
 
-	"github.com/opencontainers/runtime-spec/specs-go"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/sirupsen/logrus"
 	"go.uber.org/goleak"
 	"golang.org/x/sys/unix"
 
+	"github.com/kata-netmon/kata-netmon/e2e/internal/shimcfg"
 	"github.com/kata-netmon/kata-netmon/hotplug"
+	"github.com/kata-netmon/kata-netmon/hotplug/hotplugtest"
 	"github.com/kata-netmon/kata-netmon/metrics"
 	"github.com/kata-netmon/kata-netmon/netmon/netmontest"
 	"github.com/kata-netmon/kata-netmon/shimhook"
@@ -57,78 +58,42 @@ func envInt(name string, def int) int {
 	return def
 }
 
-// recSandbox is one monitor's in-memory sandbox with Kata's semantics,
-// timestamping AddInterface on entry (CLOCK_MONOTONIC, as the driver).
-type recSandbox struct {
-	mu      sync.Mutex
-	guest   map[string]*hotplug.Interface // by MAC
-	added   map[string]int64              // first AddInterface per MAC
-	adds    map[string]int
-	removes map[string]int
-	routes  int
+// loadSandbox is one monitor's in-memory sandbox: the Kata-like
+// hotplugtest.FakeSandbox, with each MAC's first AddInterface timestamped on
+// entry with CLOCK_MONOTONIC, the driver's clock.
+type loadSandbox struct {
+	*hotplugtest.FakeSandbox
+	mu    sync.Mutex
+	added map[string]int64 // first AddInterface per MAC
 }
 
-func newRecSandbox() *recSandbox {
-	return &recSandbox{guest: map[string]*hotplug.Interface{}, added: map[string]int64{}, adds: map[string]int{}, removes: map[string]int{}}
-}
-
-func (s *recSandbox) AddInterface(_ context.Context, inf *hotplug.Interface) (*hotplug.Interface, error) {
-	now := monotonic()
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	mac := strings.ToLower(inf.HwAddr)
-	if _, ok := s.guest[mac]; ok {
-		return nil, fmt.Errorf("guest has %s already", mac)
-	}
-	c := *inf
-	s.guest[mac] = &c
-	if _, ok := s.added[mac]; !ok {
-		s.added[mac] = now
-	}
-	s.adds[mac]++
-	return &c, nil
-}
-
-func (s *recSandbox) RemoveInterface(_ context.Context, inf *hotplug.Interface) (*hotplug.Interface, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	mac := strings.ToLower(inf.HwAddr)
-	if _, ok := s.guest[mac]; ok {
-		delete(s.guest, mac)
-		s.removes[mac]++
-	}
-	return nil, nil
-}
-
-func (s *recSandbox) ListInterfaces(context.Context) ([]*hotplug.Interface, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	out := make([]*hotplug.Interface, 0, len(s.guest))
-	for _, g := range s.guest {
-		c := *g
-		out = append(out, &c)
-	}
-	return out, nil
-}
-
-func (s *recSandbox) UpdateRoutes(_ context.Context, routes []*hotplug.Route) ([]*hotplug.Route, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for _, r := range routes {
-		found := false
-		for _, g := range s.guest {
-			found = found || g.Name == r.Device
+func newLoadSandbox() *loadSandbox {
+	s := &loadSandbox{FakeSandbox: &hotplugtest.FakeSandbox{}, added: map[string]int64{}}
+	s.AddInterfaceFn = func(_ context.Context, inf *hotplug.Interface) (*hotplug.Interface, error) {
+		now := monotonic()
+		mac := strings.ToLower(inf.HwAddr)
+		s.mu.Lock()
+		if _, ok := s.added[mac]; !ok {
+			s.added[mac] = now
 		}
-		if !found {
-			return nil, fmt.Errorf("route via %q: Link not found", r.Device)
+		s.mu.Unlock()
+		return s.GuestAddInterface(inf)
+	}
+	return s
+}
+
+// counts returns, per MAC, how many times the guest gained and lost it.
+func (s *loadSandbox) counts() (adds, removes map[string]int) {
+	adds, removes = map[string]int{}, map[string]int{}
+	for _, e := range s.Events() {
+		switch e.Op {
+		case "attach":
+			adds[e.MAC]++
+		case "detach":
+			removes[e.MAC]++
 		}
 	}
-	s.routes++
-	return routes, nil
-}
-
-func (s *recSandbox) Capabilities() hotplug.Capabilities {
-	return hotplug.Capabilities{HotplugNIC: true, HotUnplugNIC: true}
+	return adds, removes
 }
 
 // procStatus reads VmRSS (bytes) and Threads from /proc/self/status.
@@ -229,7 +194,7 @@ func runLoad(b *testing.B) {
 	var logs counter
 	log.AddHook(&logs)
 	reg := prometheus.NewRegistry()
-	sbs := make([]*recSandbox, n)
+	sbs := make([]*loadSandbox, n)
 	mons := make([]*shimhook.Monitor, n)
 	stopAll := func() time.Duration {
 		begin := time.Now()
@@ -249,22 +214,14 @@ func runLoad(b *testing.B) {
 	b.Cleanup(func() { stopAll() })
 
 	before := measure()
-	settings := shimhook.DefaultSettings()
-	settings.DockerdNetNS = dockerdPath
 	begin := time.Now()
 	for i := range n {
-		sbs[i] = newRecSandbox()
-		m, err := shimhook.Start(context.Background(), shimhook.Config{
-			SandboxID:     fmt.Sprintf("load-%03d", i),
-			Namespace:     "moby",
-			Spec:          &specs.Spec{Linux: &specs.Linux{Namespaces: []specs.LinuxNamespace{{Type: specs.NetworkNamespace}}}},
-			Sandbox:       sbs[i],
-			NetNSPath:     paths[i],
-			HypervisorPID: os.Getpid(), // a pidfd watch each, as in the shim
-			Settings:      settings,
-			Log:           logrus.NewEntry(log),
-			Registerer:    reg,
-		})
+		sbs[i] = newLoadSandbox()
+		cfg := shimcfg.Docker(fmt.Sprintf("load-%03d", i), sbs[i], paths[i], dockerdPath)
+		cfg.HypervisorPID = os.Getpid() // a pidfd watch each, as in the shim
+		cfg.Log = logrus.NewEntry(log)
+		cfg.Registerer = reg
+		m, err := shimhook.Start(context.Background(), cfg)
 		if err != nil || m == nil {
 			b.Fatalf("Start monitor %d: %v, %v", i, m, err)
 		}
@@ -350,17 +307,12 @@ func runLoad(b *testing.B) {
 	}
 	deadline := time.Now().Add(loadWait)
 	for i, s := range sbs {
-		for {
-			s.mu.Lock()
-			done := len(s.guest) == 0 && len(s.removes) >= len(want[i])
-			s.mu.Unlock()
-			if done {
-				break
-			}
-			if time.Now().After(deadline) {
-				b.Fatalf("sandbox %d: endpoints not all attached and detached after %v", i, loadWait)
-			}
-			time.Sleep(20 * time.Millisecond)
+		if _, err := s.WaitEvents(time.Until(deadline), func(evs []hotplugtest.Event) bool {
+			_, removes := s.counts()
+			return len(s.GuestMACs()) == 0 && len(removes) >= len(want[i])
+		}, "every endpoint attached and detached"); err != nil {
+			adds, removes := s.counts()
+			b.Fatalf("sandbox %d: %v\n(driver made %d endpoints; guest %v; attached %v; detached %v)", i, err, len(want[i]), s.GuestMACs(), adds, removes)
 		}
 	}
 	churnTook := time.Since(churnBegin)
@@ -370,17 +322,18 @@ func runLoad(b *testing.B) {
 
 	var lat []time.Duration
 	for i, s := range sbs {
-		s.mu.Lock()
-		if len(s.adds) != len(want[i]) {
-			b.Errorf("sandbox %d attached %d MACs, its driver made %d", i, len(s.adds), len(want[i]))
+		adds, removes := s.counts()
+		if len(adds) != len(want[i]) {
+			b.Errorf("sandbox %d attached %d MACs, its driver made %d", i, len(adds), len(want[i]))
 		}
-		for mac, nAdd := range s.adds {
+		s.mu.Lock()
+		for mac, nAdd := range adds {
 			ready, own := want[i][mac]
 			switch {
 			case !own:
 				b.Errorf("sandbox %d attached %s, which is not one of its endpoints", i, mac)
-			case nAdd != 1 || s.removes[mac] != 1:
-				b.Errorf("sandbox %d: %s attached %d times, detached %d times", i, mac, nAdd, s.removes[mac])
+			case nAdd != 1 || removes[mac] != 1:
+				b.Errorf("sandbox %d: %s attached %d times, detached %d times", i, mac, nAdd, removes[mac])
 			default:
 				lat = append(lat, time.Duration(s.added[mac]-ready))
 			}

@@ -28,8 +28,7 @@ import (
 func TestNeverAttached(t *testing.T) {
 	e := newEnv(t)
 	n := e.newNetwork(t, "172.30.1.0/24", "")
-	fs := &hotplugtest.FakeSandbox{}
-	mon := e.start(t, fs, nil)
+	fs, mon := e.startFake(t, nil)
 
 	tap := &netlink.Tuntap{LinkAttrs: netlink.LinkAttrs{Name: "tap0_kata"}, Mode: netlink.TUNTAP_MODE_TAP,
 		Queues: 1, Flags: netlink.TUNTAP_MULTI_QUEUE_DEFAULTS | netlink.TUNTAP_VNET_HDR}

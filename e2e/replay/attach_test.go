@@ -21,8 +21,7 @@ import (
 func TestRun(t *testing.T) {
 	e := newEnv(t)
 	n := e.newNetwork(t, "172.30.1.0/24", "fd30:1::/64")
-	fs := &hotplugtest.FakeSandbox{}
-	e.start(t, fs, nil)
+	fs, _ := e.startFake(t, nil)
 
 	const mtu = 1450
 	eth0 := e.newEndpoint(t, n, "eth0", 2, mtu, true)
@@ -59,8 +58,7 @@ func TestConnect(t *testing.T) {
 	e := newEnv(t)
 	n1 := e.newNetwork(t, "172.30.1.0/24", "")
 	n2 := e.newNetwork(t, "172.30.2.0/24", "")
-	fs := &hotplugtest.FakeSandbox{}
-	e.start(t, fs, nil)
+	fs, _ := e.startFake(t, nil)
 
 	eth0 := e.newEndpoint(t, n1, "eth0", 2, 0, true)
 	waitEvent(t, fs, "attach eth0", 0, isAttach("eth0", eth0.MAC.String()))
@@ -108,8 +106,7 @@ func TestMacvlan(t *testing.T) {
 	for _, pc := range parents {
 		t.Run(pc.name, func(t *testing.T) {
 			e := newEnv(t)
-			fs := &hotplugtest.FakeSandbox{}
-			e.start(t, fs, nil)
+			fs, _ := e.startFake(t, nil)
 
 			parent := pc.make(t, e)
 			tmp := "veth" + netmontest.RandName()[4:11]

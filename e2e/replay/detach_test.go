@@ -52,8 +52,7 @@ func TestDisconnect(t *testing.T) {
 			e := newEnv(t)
 			n1 := e.newNetwork(t, "172.30.1.0/24", "")
 			n2 := e.newNetwork(t, "172.30.2.0/24", "")
-			fs := &hotplugtest.FakeSandbox{}
-			e.start(t, fs, nil)
+			fs, _ := e.startFake(t, nil)
 
 			eth0 := e.newEndpoint(t, n1, "eth0", 2, 0, true)
 			eth1 := e.newEndpoint(t, n2, "eth1", 2, 0, false)

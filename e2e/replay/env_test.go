@@ -218,6 +218,13 @@ func (e *env) start(t *testing.T, sb hotplug.Sandbox, mod func(*netmon.Config)) 
 	return direct.Start(t, direct.Config{Sandbox: sb, SandboxNetNS: e.SandboxPath, DockerdNetNS: e.DockerdPath, Netmon: mod})
 }
 
+// startFake is start with a fresh FakeSandbox, which it returns.
+func (e *env) startFake(t *testing.T, mod func(*netmon.Config)) (*hotplugtest.FakeSandbox, *direct.Monitor) {
+	t.Helper()
+	fs := &hotplugtest.FakeSandbox{}
+	return fs, e.start(t, fs, mod)
+}
+
 // implied reads the sandbox netns from scratch (a new monitor, its
 // first list) and returns what a correct monitor must have done by now: the
 // MACs of the ready Docker endpoints and the routes through them, as the

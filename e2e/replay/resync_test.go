@@ -27,8 +27,7 @@ func TestResync(t *testing.T) {
 	e := newEnv(t)
 	n1 := e.newNetwork(t, "172.30.1.0/24", "")
 	n2 := e.newNetwork(t, "172.30.2.0/24", "")
-	fs := &hotplugtest.FakeSandbox{}
-	mon := e.start(t, fs, func(c *netmon.Config) { c.ReceiveBufferSize = 1 })
+	fs, mon := e.startFake(t, func(c *netmon.Config) { c.ReceiveBufferSize = 1 })
 
 	churn := &netlink.Ifb{LinkAttrs: netlink.LinkAttrs{Name: netmontest.RandName()}}
 	addUp(t, e.Sandbox, churn)

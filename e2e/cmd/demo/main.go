@@ -33,16 +33,17 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/opencontainers/runtime-spec/specs-go"
 	"github.com/sirupsen/logrus"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"github.com/kata-netmon/kata-netmon/e2e/internal/dockerenv"
+	"github.com/kata-netmon/kata-netmon/e2e/internal/dockerguest"
 	"github.com/kata-netmon/kata-netmon/e2e/internal/guest"
 	"github.com/kata-netmon/kata-netmon/e2e/internal/guest/guestproto"
 	"github.com/kata-netmon/kata-netmon/e2e/internal/katasim"
+	"github.com/kata-netmon/kata-netmon/e2e/internal/shimcfg"
 	"github.com/kata-netmon/kata-netmon/shimhook"
 )
 
@@ -143,8 +144,7 @@ func (d *demo) main() {
 	p.ok("dockerd's netns: %s; image %s", d.env.NetNSPath(), img)
 
 	for i := range d.nets {
-		d.nets[i] = dockerenv.UniqueName("knm-demo-" + string(rune('a'+i)))
-		d.env.MustDocker(d.r, "network", "create", "--driver", "bridge", d.nets[i])
+		d.nets[i] = d.env.MustCreateNetwork(d.r, "knm-demo-"+string(rune('a'+i)))
 		n := d.env.MustInspectNetwork(d.r, d.nets[i])
 		var sub []string
 		for _, c := range n.IPAM.Config {
@@ -175,7 +175,7 @@ func (d *demo) main() {
 	})
 	infs, err := vm.Agent.ListInterfaces(d.ctx)
 	d.must(err, "list the guest's interfaces")
-	p.ok("guest up in %v; its interfaces: %s", vm.BootTime.Round(time.Millisecond), describe(infs))
+	p.ok("guest up in %v; its interfaces: %s", vm.BootTime.Round(time.Millisecond), dockerguest.Describe(infs))
 	d.sb, err = katasim.New(vm, katasim.Options{NetNS: netnsPath})
 	d.must(err, "katasim")
 	d.r.Cleanup(func() { d.sb.Close() })
@@ -185,19 +185,11 @@ func (d *demo) main() {
 	logger.Level = logrus.DebugLevel
 	logger.Formatter = monitorFormatter{p: p}
 	logger.Out = printerWriter{p: p}
-	settings := shimhook.DefaultSettings()
-	settings.DockerdNetNS = d.env.NetNSPath()
+	cfg := shimcfg.Docker(id[:12], d.sb, netnsPath, d.env.NetNSPath())
+	cfg.HypervisorPID = vm.Pid
+	cfg.Log = logrus.NewEntry(logger)
 	t0 = time.Now()
-	d.mon, err = shimhook.Start(d.ctx, shimhook.Config{
-		SandboxID:     id[:12],
-		Namespace:     "moby",
-		Spec:          &specs.Spec{Linux: &specs.Linux{Namespaces: []specs.LinuxNamespace{{Type: specs.NetworkNamespace}}}},
-		Sandbox:       d.sb,
-		NetNSPath:     netnsPath,
-		HypervisorPID: vm.Pid,
-		Settings:      settings,
-		Log:           logrus.NewEntry(logger),
-	})
+	d.mon, err = shimhook.Start(d.ctx, cfg)
 	d.must(err, "shimhook.Start")
 	if d.mon == nil {
 		d.r.Fatalf("shimhook.Start did not start the monitor (see its log above)")
@@ -216,7 +208,7 @@ func (d *demo) main() {
 	}
 	infs, err = vm.Agent.ListInterfaces(d.ctx)
 	d.must(err, "list the guest's interfaces")
-	d.must(checkNIC(infs, "eth0", ep0), "guest right after Start")
+	d.must(dockerguest.CheckNIC(infs, "eth0", ep0), "guest right after Start")
 	p.ok("guest configured: eth0 %s %v, as docker inspect says", ep0.MacAddress, ep0.IPv4Prefix())
 	d.waitDefault(ep0.Gateway.String(), "eth0")
 	d.reach(ep0.IPAddress.String(), "eth0")
@@ -227,7 +219,7 @@ func (d *demo) main() {
 	p.ok("docker returned after %v", time.Since(t0).Round(time.Millisecond))
 	ep1 := d.endpoint(d.nets[1])
 	_, err = vm.Agent.WaitInterfaces(d.waitCtx(), 20*time.Millisecond, func(infs []*guestproto.Interface) error {
-		return checkNIC(infs, "eth1", ep1)
+		return dockerguest.CheckNIC(infs, "eth1", ep1)
 	})
 	d.must(err, "eth1 in the guest")
 	p.ok("guest configured: eth1 %s %v, %v after connect", ep1.MacAddress, ep1.IPv4Prefix(), time.Since(t0).Round(time.Millisecond))
@@ -262,8 +254,8 @@ func (d *demo) main() {
 	p.ok("unplug of eth1: %s", phases(c))
 	d.waitDefault(ep0.Gateway.String(), "eth0")
 	d.reach(ep0.IPAddress.String(), "eth0")
-	if l := strings.ToLower(vm.QEMULog()); strings.Contains(l, "tap") || strings.Contains(l, "tun") {
-		d.r.Fatalf("QEMU logged a tun/tap error:\n%s", vm.QEMULog())
+	if err := vm.TapError(); err != nil {
+		d.r.Fatalf("%v", err)
 	}
 	p.ok("QEMU logged no tun/tap error (the NIC left the guest before its tap was removed)")
 	if got := d.mon.Attached(); !slices.Equal(got, []string{"eth0"}) {
@@ -343,55 +335,9 @@ func (d *demo) reach(ip, dev string) {
 
 // waitDefault waits until the guest's only IPv4 default route is via gw on dev.
 func (d *demo) waitDefault(gw, dev string) {
-	want := fmt.Sprintf("via %s dev %s", gw, dev)
-	_, err := d.vm.Agent.WaitRoutes(d.waitCtx(), 20*time.Millisecond, func(rs []*guestproto.Route) error {
-		var got []string
-		for _, r := range rs {
-			if r.Dest == "" && r.Family == guestproto.FamilyV4 {
-				got = append(got, fmt.Sprintf("via %s dev %s", r.Gateway, r.Device))
-			}
-		}
-		if len(got) != 1 || got[0] != want {
-			return fmt.Errorf("guest default routes %q, want %q", got, want)
-		}
-		return nil
-	})
+	_, err := d.vm.Agent.WaitRoutes(d.waitCtx(), 20*time.Millisecond, dockerguest.DefaultRouteIs(gw, dev))
 	d.must(err, "the guest's default route")
-	d.p.ok("guest default route: %s", want)
-}
-
-func checkNIC(infs []*guestproto.Interface, name string, ep *dockerenv.Endpoint) error {
-	inf := guest.FindInterface(infs, ep.MacAddress)
-	switch {
-	case inf == nil:
-		return fmt.Errorf("no guest NIC with MAC %s (guest has %s)", ep.MacAddress, describe(infs))
-	case inf.Name != name:
-		return fmt.Errorf("guest NIC %s is %q, want %q", ep.MacAddress, inf.Name, name)
-	case !guest.HasAddress(inf, ep.IPAddress.String(), ep.IPPrefixLen):
-		return fmt.Errorf("guest %s lacks %v (guest has %s)", name, ep.IPv4Prefix(), describe(infs))
-	}
-	return nil
-}
-
-func describe(infs []*guestproto.Interface) string {
-	var parts []string
-	for _, inf := range infs {
-		var addrs []string
-		for _, a := range inf.IPAddresses {
-			if a.Family == guestproto.FamilyV4 {
-				addrs = append(addrs, a.Address+"/"+a.Mask)
-			}
-		}
-		s := inf.Name
-		if inf.Name != "lo" {
-			s += " " + inf.HwAddr
-		}
-		if len(addrs) > 0 {
-			s += " " + strings.Join(addrs, " ")
-		}
-		parts = append(parts, s)
-	}
-	return strings.Join(parts, "; ")
+	d.p.ok("guest default route: via %s dev %s", gw, dev)
 }
 
 func phases(c katasim.Call) string {

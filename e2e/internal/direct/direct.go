@@ -14,6 +14,7 @@ package direct
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -125,32 +126,25 @@ func (m *Monitor) Passes() int64 { return m.passes.Load() }
 
 // WaitPasses waits until the reconciler has begun more than n passes (read
 // the view more than n times) and returns the count; it fails t at the
-// deadline. A pass that begins after an event has seen it: this is how a test
-// knows the reconciler had its chance to act, without sleeping.
+// deadline. A pass counted after the test read Passes begins after every
+// pass counted before has ended (passes run one at a time).
 func (m *Monitor) WaitPasses(t testing.TB, timeout time.Duration, n int64) int64 {
 	t.Helper()
-	deadline := time.NewTimer(timeout)
-	defer deadline.Stop()
-	for {
-		m.mu.Lock()
-		ch := m.pc
-		m.mu.Unlock()
-		if p := m.Passes(); p > n {
-			return p
-		}
-		select {
-		case <-ch:
-		case <-deadline.C:
-			t.Fatalf("no reconcile pass after pass %d within %v", n, timeout)
-		}
-	}
+	m.waitPass(t, timeout, fmt.Sprintf("a reconcile pass after pass %d", n), func(int64, uint64) bool { return m.Passes() > n })
+	return m.Passes()
 }
 
 // WaitPassOver waits until a reconcile pass has read a view of generation
 // gen or newer (a snapshot WaitView returned, say): that pass has seen what
 // the test saw. It fails t at the deadline. The pass may still be running:
-// a pass that reads a later generation begins after it has ended.
+// WaitPasses tells when it has ended.
 func (m *Monitor) WaitPassOver(t testing.TB, timeout time.Duration, gen uint64) {
+	t.Helper()
+	m.waitPass(t, timeout, fmt.Sprintf("a reconcile pass reading view generation %d", gen), func(_ int64, seen uint64) bool { return seen >= gen })
+}
+
+// waitPass re-checks cond after every pass until it holds, or fails t.
+func (m *Monitor) waitPass(t testing.TB, timeout time.Duration, what string, cond func(passes int64, seen uint64) bool) {
 	t.Helper()
 	deadline := time.NewTimer(timeout)
 	defer deadline.Stop()
@@ -158,13 +152,13 @@ func (m *Monitor) WaitPassOver(t testing.TB, timeout time.Duration, gen uint64) 
 		m.mu.Lock()
 		ch, seen := m.pc, m.seen
 		m.mu.Unlock()
-		if seen >= gen {
+		if cond(m.Passes(), seen) {
 			return
 		}
 		select {
 		case <-ch:
 		case <-deadline.C:
-			t.Fatalf("no reconcile pass read view generation %d within %v (newest read: %d)", gen, timeout, seen)
+			t.Fatalf("no %s within %v (passes %d, newest generation read %d)", what, timeout, m.Passes(), seen)
 		}
 	}
 }

@@ -54,6 +54,17 @@ func (e *Env) docker(ctx context.Context, stdin io.Reader, args ...string) (stri
 	return out, nil
 }
 
+// MustCreateNetwork creates a bridge network named prefix-<8 hex> (args go
+// to `docker network create` before the name: --subnet, --opt, --ipv6) and
+// returns the name; it fails the test on error. The network lives as long as
+// the daemon.
+func (e *Env) MustCreateNetwork(t testing.TB, prefix string, args ...string) string {
+	t.Helper()
+	name := UniqueName(prefix)
+	e.MustDocker(t, append(append([]string{"network", "create", "--driver", "bridge"}, args...), name)...)
+	return name
+}
+
 // InspectContainer returns `docker inspect --type container` of nameOrID.
 func (e *Env) InspectContainer(ctx context.Context, nameOrID string) (*Container, error) {
 	out, err := e.Docker(ctx, "inspect", "--type", "container", nameOrID)
