@@ -159,7 +159,7 @@ func (d *daemon) networkMTU(t *testing.T, n *dockerenv.Network) int {
 		br = "br-" + n.ID[:12]
 	}
 	var mtu int
-	inNetNS(t, d.NetNSPath(), func(h *netlink.Handle) {
+	withHandleAt(t, d.NetNSPath(), func(h *netlink.Handle) {
 		l, err := h.LinkByName(br)
 		if err != nil {
 			t.Fatalf("network %s: bridge %s in dockerd's netns: %v", n.Name, br, err)
@@ -169,8 +169,8 @@ func (d *daemon) networkMTU(t *testing.T, n *dockerenv.Network) int {
 	return mtu
 }
 
-// inNetNS runs fn with a netlink handle whose sockets are in the netns at path.
-func inNetNS(t *testing.T, path string, fn func(h *netlink.Handle)) {
+// withHandleAt runs fn with a netlink handle whose sockets are in the netns at path.
+func withHandleAt(t *testing.T, path string, fn func(h *netlink.Handle)) {
 	t.Helper()
 	ns, err := netns.GetFromPath(path)
 	if err != nil {
@@ -190,7 +190,7 @@ func inNetNS(t *testing.T, path string, fn func(h *netlink.Handle)) {
 func kernelNames(t *testing.T, pid int) map[string]string {
 	t.Helper()
 	out := map[string]string{}
-	inNetNS(t, fmt.Sprintf("/proc/%d/ns/net", pid), func(h *netlink.Handle) {
+	withHandleAt(t, fmt.Sprintf("/proc/%d/ns/net", pid), func(h *netlink.Handle) {
 		links, err := h.LinkList()
 		if err != nil {
 			t.Fatal(err)
@@ -210,7 +210,7 @@ func kernelNames(t *testing.T, pid int) map[string]string {
 func hasLinkLocal6(t *testing.T, pid int, ifname string) bool {
 	t.Helper()
 	found := false
-	inNetNS(t, fmt.Sprintf("/proc/%d/ns/net", pid), func(h *netlink.Handle) {
+	withHandleAt(t, fmt.Sprintf("/proc/%d/ns/net", pid), func(h *netlink.Handle) {
 		l, err := h.LinkByName(ifname)
 		if err != nil {
 			t.Fatal(err)

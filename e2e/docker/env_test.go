@@ -174,28 +174,21 @@ func checkDefaultRoute(h *netlink.Handle, gw netip.Addr) error {
 	return fmt.Errorf("no default route via %v in %v", gw, routes)
 }
 
+// assertLinkIn checks whether the netns at nsPath has a link named name.
 func assertLinkIn(t *testing.T, nsPath, name string, want bool) {
 	t.Helper()
-	ns, err := netns.GetFromPath(nsPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ns.Close()
-	h, err := netlink.NewHandleAt(ns)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.Close()
-	_, err = h.LinkByName(name)
-	var nf netlink.LinkNotFoundError
-	switch {
-	case want && err != nil:
-		t.Fatalf("link %s not found in %s: %v", name, nsPath, err)
-	case !want && err == nil:
-		t.Fatalf("link %s unexpectedly present in %s", name, nsPath)
-	case !want && !errors.As(err, &nf):
-		t.Fatalf("looking up %s in %s: %v", name, nsPath, err)
-	}
+	withHandleAt(t, nsPath, func(h *netlink.Handle) {
+		_, err := h.LinkByName(name)
+		var nf netlink.LinkNotFoundError
+		switch {
+		case want && err != nil:
+			t.Fatalf("link %s not found in %s: %v", name, nsPath, err)
+		case !want && err == nil:
+			t.Fatalf("link %s unexpectedly present in %s", name, nsPath)
+		case !want && !errors.As(err, &nf):
+			t.Fatalf("looking up %s in %s: %v", name, nsPath, err)
+		}
+	})
 }
 
 // linkWatcher receives link and address events of one netns, so a test can

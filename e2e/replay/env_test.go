@@ -227,8 +227,8 @@ func (e *env) startFake(t *testing.T, mod func(*netmon.Config)) (*hotplugtest.Fa
 
 // implied reads the sandbox netns from scratch (a new monitor, its
 // first list) and returns what a correct monitor must have done by now: the
-// MACs of the ready Docker endpoints and the routes through them, as the
-// recording sandbox reports routes.
+// MACs of the ready Docker endpoints and the routes through them, in the
+// form the sandbox's events give routes.
 func (e *env) implied(t *testing.T) (macs []string, routes []hotplugtest.EventRoute) {
 	t.Helper()
 	macs, hrs := hotplugtest.Implied(t, e.SandboxPath, e.DockerdPath)
