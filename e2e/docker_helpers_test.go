@@ -23,6 +23,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kata-netmon/kata-netmon/internal/recording"
+
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"github.com/sirupsen/logrus"
 	"github.com/vishvananda/netlink"
@@ -268,17 +270,17 @@ func dkKernelHasLinkLocal6(t *testing.T, pid int, ifname string) bool {
 // interfaces by MAC; routes added or replaced by (family, dest), removed only
 // with their NIC.
 type dkGuest struct {
-	events   []hotplug.Event
-	ifs      map[string]hotplug.Event // by MAC: the attach event
-	routes   map[string]hotplug.EventRoute
-	last     []hotplug.EventRoute // the last routes event
-	attaches map[string]int       // by MAC, over the whole log
+	events   []recording.Event
+	ifs      map[string]recording.Event // by MAC: the attach event
+	routes   map[string]recording.EventRoute
+	last     []recording.EventRoute // the last routes event
+	attaches map[string]int         // by MAC, over the whole log
 	detaches int
 	bad      []string // invariant violations
 }
 
-func dkReplay(evs []hotplug.Event) *dkGuest {
-	g := &dkGuest{events: evs, ifs: map[string]hotplug.Event{}, routes: map[string]hotplug.EventRoute{}, attaches: map[string]int{}}
+func dkReplay(evs []recording.Event) *dkGuest {
+	g := &dkGuest{events: evs, ifs: map[string]recording.Event{}, routes: map[string]recording.EventRoute{}, attaches: map[string]int{}}
 	for i, e := range evs {
 		switch e.Op {
 		case "attach":
@@ -327,7 +329,7 @@ func dkReplay(evs []hotplug.Event) *dkGuest {
 
 // dkRouteFamily is "4" or "6", from the destination or else the gateway;
 // "?" for a default route without a gateway.
-func dkRouteFamily(r hotplug.EventRoute) string {
+func dkRouteFamily(r recording.EventRoute) string {
 	var a netip.Addr
 	if p, err := netip.ParsePrefix(r.Dest); err == nil {
 		a = p.Addr()
@@ -403,7 +405,7 @@ func (g *dkGuest) checkDefault(gw netip.Addr, mac string) error {
 	if dev == "" {
 		return fmt.Errorf("default via %v: the guest has no interface with MAC %s", gw, mac)
 	}
-	want := hotplug.EventRoute{Dest: "default", Gateway: gw.String(), Device: dev}
+	want := recording.EventRoute{Dest: "default", Gateway: gw.String(), Device: dev}
 	fam := dkFamily(gw)
 	if got, ok := g.routes[fam+"|default"]; !ok || got != want {
 		return fmt.Errorf("guest's IPv%s default route %+v (present %v), want %+v", fam, got, ok, want)
@@ -482,9 +484,9 @@ func (g *dkGuest) settled(wants map[string]*dkWant, names map[string]string) err
 }
 
 // after returns the events from index i on.
-func (g *dkGuest) after(i int) []hotplug.Event { return g.events[min(i, len(g.events)):] }
+func (g *dkGuest) after(i int) []recording.Event { return g.events[min(i, len(g.events)):] }
 
-func dkFormat(evs []hotplug.Event) string {
+func dkFormat(evs []recording.Event) string {
 	var b strings.Builder
 	for i, e := range evs {
 		j, _ := json.Marshal(e)
@@ -501,12 +503,12 @@ type dkMon struct {
 	name string
 
 	mu     sync.Mutex
-	events []hotplug.Event
+	events []recording.Event
 	notify chan struct{} // capacity 1: "events changed"
 	ended  chan struct{} // closed when the monitor ended on its own; nil if it cannot
 
-	sb   *hotplug.RecordingSandbox // nil for the watch binary
-	stop func() error              // idempotent
+	sb   *recording.Sandbox // nil for the watch binary
+	stop func() error       // idempotent
 	logs *netmontest.SyncBuffer
 }
 
@@ -514,7 +516,7 @@ func newDkMon(name string) *dkMon {
 	return &dkMon{name: name, notify: make(chan struct{}, 1), logs: &netmontest.SyncBuffer{}}
 }
 
-func (m *dkMon) add(e hotplug.Event) {
+func (m *dkMon) add(e recording.Event) {
 	m.mu.Lock()
 	m.events = append(m.events, e)
 	m.mu.Unlock()
@@ -525,7 +527,7 @@ func (m *dkMon) add(e hotplug.Event) {
 }
 
 // Events returns a copy of the events so far.
-func (m *dkMon) Events() []hotplug.Event {
+func (m *dkMon) Events() []recording.Event {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return slices.Clone(m.events)
@@ -616,7 +618,7 @@ func dkStartMonitor(t *testing.T, d *dkDocker, pid int) *dkMon {
 	m := newDkMon(fmt.Sprintf("monitor(pid %d)", pid))
 	m.dumpOnFailure(t)
 	log := m.logger(t)
-	m.sb = &hotplug.RecordingSandbox{Caps: dkCaps, OnEvent: m.add}
+	m.sb = &recording.Sandbox{Caps: dkCaps, OnEvent: m.add}
 	mon, err := netmon.New(netmon.Config{NetNSPath: fmt.Sprintf("/proc/%d/ns/net", pid), DockerdNetNS: d.NetNSPath(), Log: log})
 	if err != nil {
 		t.Fatal(err)
@@ -666,7 +668,7 @@ func dkStartMonitor(t *testing.T, d *dkDocker, pid int) *dkMon {
 	if err != nil {
 		t.Fatalf("%s: Sync: %v", m.name, err)
 	}
-	t.Logf("%s: Sync attached %d in %v", m.name, len(st.Attached), time.Since(start).Round(time.Millisecond))
+	t.Logf("%s: Sync attached %d in %v", m.name, len(st.NICs), time.Since(start).Round(time.Millisecond))
 	running = true
 	go func() { runDone <- rec.Run(ctx) }()
 	return m
@@ -697,7 +699,7 @@ func dkStartShimhook(t *testing.T, d *dkDocker, ctr string, pid int) *dkMon {
 
 	m := newDkMon(fmt.Sprintf("shimhook(pid %d)", pid))
 	m.dumpOnFailure(t)
-	m.sb = &hotplug.RecordingSandbox{Caps: dkCaps, OnEvent: m.add}
+	m.sb = &recording.Sandbox{Caps: dkCaps, OnEvent: m.add}
 	settings := shimhook.DefaultSettings()
 	settings.DockerdNetNS = d.NetNSPath()
 	settings.ReadyTimeout = dkTimeout
@@ -715,7 +717,7 @@ func dkStartShimhook(t *testing.T, d *dkDocker, ctr string, pid int) *dkMon {
 	if sm == nil {
 		t.Fatalf("shimhook.Start did not monitor container %s; log:\n%s", ctr, m.logs.String())
 	}
-	t.Logf("%s: shimhook.Start attached %v in %v", m.name, sm.Attached(), time.Since(start).Round(time.Millisecond))
+	t.Logf("%s: shimhook.Start attached %v in %v", m.name, sm.NICNames(), time.Since(start).Round(time.Millisecond))
 	m.stop = func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
@@ -778,10 +780,10 @@ func dkStartWatch(t *testing.T, nsPath string, pid int, args ...string) *dkWatch
 		defer close(lines)
 		sc := bufio.NewScanner(stdout)
 		for sc.Scan() {
-			var e hotplug.Event
+			var e recording.Event
 			if err := json.Unmarshal(sc.Bytes(), &e); err != nil {
 				fmt.Fprintf(w.stderr, "test: stdout line %q: %v\n", sc.Text(), err)
-				e = hotplug.Event{Op: "unparsable: " + sc.Text()}
+				e = recording.Event{Op: "unparsable: " + sc.Text()}
 			}
 			w.add(e)
 		}

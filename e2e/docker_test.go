@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/kata-netmon/kata-netmon/hotplug"
+	"github.com/kata-netmon/kata-netmon/internal/recording"
 )
 
 // TestDockerMonitor runs the monitor against a real Docker 29 daemon: every
@@ -434,11 +434,11 @@ func dkOnce(t *testing.T, g *dkGuest, wants map[string]*dkWant) {
 // route set is pushed again after each change of interfaces.
 func dkRoutesAfter(g *dkGuest, from int, op, mac string) error {
 	evs := g.after(from)
-	i := slices.IndexFunc(evs, func(e hotplug.Event) bool { return e.Op == op && e.MAC == mac })
+	i := slices.IndexFunc(evs, func(e recording.Event) bool { return e.Op == op && e.MAC == mac })
 	if i < 0 {
 		return fmt.Errorf("no %s of %s since event %d", op, mac, from)
 	}
-	if !slices.ContainsFunc(evs[i+1:], func(e hotplug.Event) bool { return e.Op == "routes" }) {
+	if !slices.ContainsFunc(evs[i+1:], func(e recording.Event) bool { return e.Op == "routes" }) {
 		return fmt.Errorf("no routes event after the %s of %s (event %d)", op, mac, from+i)
 	}
 	return nil

@@ -16,11 +16,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kata-netmon/kata-netmon/internal/recording"
+
 	"github.com/sirupsen/logrus"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 
-	"github.com/kata-netmon/kata-netmon/hotplug"
 	"github.com/kata-netmon/kata-netmon/hotplug/hotplugtest"
 	"github.com/kata-netmon/kata-netmon/netmon/netmontest"
 )
@@ -98,12 +99,12 @@ func TestFaultTargetExits(t *testing.T) {
 	cfg.HypervisorPID = target.pid
 	base := runtime.NumGoroutine()
 	m := ftStart(t, cfg)
-	if got := m.Attached(); len(got) != 1 {
+	if got := m.NICNames(); len(got) != 1 {
 		t.Fatalf("Attached = %v", got)
 	}
 	target.kill(t)
 	ftWaitUntil(t, ftWait, "the monitor to stop by itself", func() (bool, string) {
-		return len(ftEntries(e.hook, logrus.InfoLevel, "hypervisor exited")) == 1 && runtime.NumGoroutine() <= base,
+		return len(ftEntries(e.hook, logrus.InfoLevel, "the watched process exited; stopping")) == 1 && runtime.NumGoroutine() <= base,
 			fmt.Sprintf("%d goroutines (%d before Start); log:%s", runtime.NumGoroutine(), base, ftDumpLog(e.hook, logrus.InfoLevel))
 	})
 	ftQuietWindow(t, e, id, nil)
@@ -154,7 +155,7 @@ func TestFaultNetNSLosesAllLinks(t *testing.T) {
 	d := e.startDirect(t, fs, id, nil)
 	eps := []*ftEP{e.endpoint(t, "eth0", true), e.endpoint(t, "eth1", false)}
 	ftWaitUntil(t, ftWait, "both attached", func() (bool, string) {
-		return len(d.rec.Attached()) == 2, fmt.Sprint(fs.Ops())
+		return len(d.rec.NICs()) == 2, fmt.Sprint(fs.Ops())
 	})
 	for _, ep := range eps {
 		if err := ep.Host.LinkDel(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Index: ep.HostIndex}}); err != nil {
@@ -162,7 +163,7 @@ func TestFaultNetNSLosesAllLinks(t *testing.T) {
 		}
 	}
 	ftWaitUntil(t, ftWait, "both detached", func() (bool, string) {
-		return len(d.rec.Attached()) == 0 && len(fs.GuestMACs()) == 0, fmt.Sprint(fs.Ops())
+		return len(d.rec.NICs()) == 0 && len(fs.GuestMACs()) == 0, fmt.Sprint(fs.Ops())
 	})
 	ftQuietWindow(t, e, id, d.passes.Load)
 	// The netns loses its name too; nothing tells the monitor (its own
@@ -199,13 +200,13 @@ func TestFaultWatchPIDExits(t *testing.T) {
 		t.Fatal(err)
 	}
 	exited := make(chan error, 1)
-	events := make(chan hotplug.Event, 16)
+	events := make(chan recording.Event, 16)
 	var wg sync.WaitGroup
 	wg.Go(func() {
 		defer close(events)
 		sc := bufio.NewScanner(out)
 		for sc.Scan() {
-			var ev hotplug.Event
+			var ev recording.Event
 			if json.Unmarshal(sc.Bytes(), &ev) == nil {
 				events <- ev
 			}

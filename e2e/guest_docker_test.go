@@ -93,7 +93,7 @@ func gdRunConnectDisconnect(t *testing.T, env *dockerenv.Env, img, net1, net2 st
 		if err := gdWantDefault(ep0.Gateway.String(), "eth0")(routesAfter); err != nil {
 			t.Fatalf("right after Start: %v", err)
 		}
-		if got := mon.m.Attached(); !slices.Equal(got, []string{"eth0"}) {
+		if got := mon.m.NICNames(); !slices.Equal(got, []string{"eth0"}) {
 			t.Errorf("monitor attached %v, want [eth0]", got)
 		}
 		if add := sb.CallsOf("AddInterface"); len(add) == 1 {
@@ -170,7 +170,7 @@ func gdRunConnectDisconnect(t *testing.T, env *dockerenv.Env, img, net1, net2 st
 		if eps := sb.Endpoints(); len(eps) != 1 || eps[0].Name != "eth0" {
 			t.Errorf("sandbox endpoints = %+v, want eth0 only", eps)
 		}
-		if got := mon.m.Attached(); !slices.Equal(got, []string{"eth0"}) {
+		if got := mon.m.NICNames(); !slices.Equal(got, []string{"eth0"}) {
 			t.Errorf("monitor attached %v, want [eth0]", got)
 		}
 		gdAssertQEMUQuiet(t, s.vm)
@@ -257,7 +257,7 @@ func gdRefused(t *testing.T, env *dockerenv.Env, img, net1, net2, net3 string) {
 		t.Logf("monitor said: %q (ifname %v)", e.Message, e.Data["ifname"])
 		// The guest keeps eth0 working; eth1 stays, without a backend.
 		gdReachable(ctx, t, s, ep0.IPAddress.String(), 8080)
-		if got := mon.m.Attached(); !slices.Equal(got, []string{"eth0"}) {
+		if got := mon.m.NICNames(); !slices.Equal(got, []string{"eth0"}) {
 			t.Errorf("monitor attached %v, want [eth0]", got)
 		}
 		if n := len(clh.CallsOf("RemoveInterface")); n != 0 {

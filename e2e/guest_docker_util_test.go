@@ -118,7 +118,7 @@ func gdStartMonitor(t *testing.T, s *gdSandbox, sb hotplug.Sandbox) *gdMonitor {
 	if err != nil {
 		t.Fatalf("shimhook.Start: %v", err)
 	}
-	t.Logf("shimhook.Start returned after %v (monitor running: %v, attached %v)", took.Round(time.Millisecond), m != nil, m.Attached())
+	t.Logf("shimhook.Start returned after %v (monitor running: %v, attached %v)", took.Round(time.Millisecond), m != nil, m.NICNames())
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()

@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kata-netmon/kata-netmon/internal/recording"
+
 	"github.com/kata-netmon/kata-netmon/netmon/view"
 
 	"github.com/vishvananda/netlink"
@@ -22,7 +24,7 @@ import (
 
 	"github.com/kata-netmon/kata-netmon/hotplug"
 	"github.com/kata-netmon/kata-netmon/hotplug/hotplugtest"
-	"github.com/kata-netmon/kata-netmon/internal/nsdo"
+	"github.com/kata-netmon/kata-netmon/internal/nsfs"
 	"github.com/kata-netmon/kata-netmon/netmon"
 	"github.com/kata-netmon/kata-netmon/netmon/netmontest"
 )
@@ -202,7 +204,7 @@ func (e *replayEnv) replayKernelLink(t *testing.T, name string) (mac string, mtu
 
 // replayCheckAttach compares an attach event with what the kernel reports
 // for the link now, and that with what the test configured.
-func (e *replayEnv) replayCheckAttach(t *testing.T, ev hotplug.Event, name string, wantMAC net.HardwareAddr, wantAddrs []string, wantMTU int) {
+func (e *replayEnv) replayCheckAttach(t *testing.T, ev recording.Event, name string, wantMAC net.HardwareAddr, wantAddrs []string, wantMTU int) {
 	t.Helper()
 	mac, mtu, addrs := e.replayKernelLink(t, name)
 	got := slices.Sorted(slices.Values(ev.Addresses))
@@ -218,17 +220,17 @@ func (e *replayEnv) replayCheckAttach(t *testing.T, ev hotplug.Event, name strin
 // replayRecorder is a RecordingSandbox (a dry-run sandbox with Kata's
 // semantics) whose event log can be waited on.
 type replayRecorder struct {
-	*hotplug.RecordingSandbox
+	*recording.Sandbox
 	mu sync.Mutex
 	ch chan struct{} // closed and replaced on every event
 }
 
 func replayNewRecorder() *replayRecorder {
 	r := &replayRecorder{ch: make(chan struct{})}
-	r.RecordingSandbox = &hotplug.RecordingSandbox{
+	r.Sandbox = &recording.Sandbox{
 		Caps: hotplug.Capabilities{HotplugNIC: true, HotUnplugNIC: true},
 		// Called with the sandbox's lock held: only pokes waiters.
-		OnEvent: func(hotplug.Event) {
+		OnEvent: func(recording.Event) {
 			r.mu.Lock()
 			close(r.ch)
 			r.ch = make(chan struct{})
@@ -239,7 +241,7 @@ func replayNewRecorder() *replayRecorder {
 }
 
 // wait waits until cond holds for the event log and returns the log.
-func (r *replayRecorder) wait(t *testing.T, what string, cond func([]hotplug.Event) bool) []hotplug.Event {
+func (r *replayRecorder) wait(t *testing.T, what string, cond func([]recording.Event) bool) []recording.Event {
 	t.Helper()
 	deadline := time.NewTimer(replayTimeout)
 	defer deadline.Stop()
@@ -261,9 +263,9 @@ func (r *replayRecorder) wait(t *testing.T, what string, cond func([]hotplug.Eve
 
 // waitEvent waits for an event matching match after the first skip events
 // and returns it with its position.
-func (r *replayRecorder) waitEvent(t *testing.T, what string, skip int, match func(hotplug.Event) bool) (hotplug.Event, int) {
+func (r *replayRecorder) waitEvent(t *testing.T, what string, skip int, match func(recording.Event) bool) (recording.Event, int) {
 	t.Helper()
-	evs := r.wait(t, what, func(evs []hotplug.Event) bool {
+	evs := r.wait(t, what, func(evs []recording.Event) bool {
 		return len(evs) > skip && slices.ContainsFunc(evs[skip:], match)
 	})
 	i := skip + slices.IndexFunc(evs[skip:], match)
@@ -280,7 +282,7 @@ func (r *replayRecorder) guestMACs() []string {
 	return out
 }
 
-func replayEvents(evs []hotplug.Event) string {
+func replayEvents(evs []recording.Event) string {
 	var b strings.Builder
 	for _, e := range evs {
 		fmt.Fprintf(&b, "\n  %+v", e)
@@ -288,17 +290,17 @@ func replayEvents(evs []hotplug.Event) string {
 	return b.String()
 }
 
-func replayIsAttach(name, mac string) func(hotplug.Event) bool {
-	return func(e hotplug.Event) bool { return e.Op == "attach" && e.Name == name && e.MAC == mac }
+func replayIsAttach(name, mac string) func(recording.Event) bool {
+	return func(e recording.Event) bool { return e.Op == "attach" && e.Name == name && e.MAC == mac }
 }
 
-func replayIsDetach(mac string) func(hotplug.Event) bool {
-	return func(e hotplug.Event) bool { return e.Op == "detach" && e.MAC == mac }
+func replayIsDetach(mac string) func(recording.Event) bool {
+	return func(e recording.Event) bool { return e.Op == "detach" && e.MAC == mac }
 }
 
 // replayLastRoutes returns the routes of the last "routes" event, sorted,
 // and whether there was one.
-func replayLastRoutes(evs []hotplug.Event) ([]hotplug.EventRoute, bool) {
+func replayLastRoutes(evs []recording.Event) ([]recording.EventRoute, bool) {
 	for i := len(evs) - 1; i >= 0; i-- {
 		if evs[i].Op == "routes" {
 			return replaySortRoutes(evs[i].Routes), true
@@ -307,18 +309,18 @@ func replayLastRoutes(evs []hotplug.Event) ([]hotplug.EventRoute, bool) {
 	return nil, false
 }
 
-func replaySortRoutes(rs []hotplug.EventRoute) []hotplug.EventRoute {
+func replaySortRoutes(rs []recording.EventRoute) []recording.EventRoute {
 	out := slices.Clone(rs)
-	slices.SortFunc(out, func(a, b hotplug.EventRoute) int {
+	slices.SortFunc(out, func(a, b recording.EventRoute) int {
 		return strings.Compare(a.Dest+"|"+a.Gateway+"|"+a.Device, b.Dest+"|"+b.Gateway+"|"+b.Device)
 	})
 	return out
 }
 
 // replayLastRoutesAre is a wait condition: the last routes pushed are want.
-func replayLastRoutesAre(want ...hotplug.EventRoute) func([]hotplug.Event) bool {
+func replayLastRoutesAre(want ...recording.EventRoute) func([]recording.Event) bool {
 	want = replaySortRoutes(want)
-	return func(evs []hotplug.Event) bool {
+	return func(evs []recording.Event) bool {
 		got, ok := replayLastRoutes(evs)
 		return ok && slices.Equal(got, want)
 	}
@@ -326,8 +328,8 @@ func replayLastRoutesAre(want ...hotplug.EventRoute) func([]hotplug.Event) bool 
 
 // replayDefault is the route event a default route via gw through dev
 // becomes.
-func replayDefault(gw netip.Addr, dev string) hotplug.EventRoute {
-	return hotplug.EventRoute{Dest: "default", Gateway: gw.String(), Device: dev}
+func replayDefault(gw netip.Addr, dev string) recording.EventRoute {
+	return recording.EventRoute{Dest: "default", Gateway: gw.String(), Device: dev}
 }
 
 // replayTee is the monitor as the reconciler's source, with its change
@@ -450,7 +452,7 @@ func (e *replayEnv) replayStart(t *testing.T, sb hotplug.Sandbox, mod func(*netm
 // first list) and returns what a correct monitor must have done by now: the
 // MACs of the ready Docker endpoints and the routes through them, as the
 // recording sandbox reports routes.
-func (e *replayEnv) replayImplied(t *testing.T) (macs []string, routes []hotplug.EventRoute) {
+func (e *replayEnv) replayImplied(t *testing.T) (macs []string, routes []recording.EventRoute) {
 	t.Helper()
 	macs, hrs := hotplugtest.Implied(t, e.SandboxPath, e.DockerdPath)
 	for _, hr := range hrs {
@@ -458,7 +460,7 @@ func (e *replayEnv) replayImplied(t *testing.T) (macs []string, routes []hotplug
 		if dest == "" {
 			dest = "default"
 		}
-		routes = append(routes, hotplug.EventRoute{Dest: dest, Gateway: hr.Gateway, Device: hr.Device})
+		routes = append(routes, recording.EventRoute{Dest: dest, Gateway: hr.Gateway, Device: hr.Device})
 	}
 	return macs, replaySortRoutes(routes)
 }
@@ -467,7 +469,7 @@ func (e *replayEnv) replayImplied(t *testing.T) (macs []string, routes []hotplug
 // (nsdo.Do), failing the test on an error.
 func replayInNetNS(t *testing.T, path string, fn func() error) {
 	t.Helper()
-	if err := nsdo.Do(path, fn); err != nil {
+	if err := nsfs.DoPath(path, fn); err != nil {
 		t.Fatal(err)
 	}
 }

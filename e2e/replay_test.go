@@ -20,6 +20,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kata-netmon/kata-netmon/internal/recording"
+
 	"github.com/kata-netmon/kata-netmon/netmon/view"
 
 	"github.com/vishvananda/netlink"
@@ -48,15 +50,15 @@ func TestReplayRun(t *testing.T) {
 
 	// The routes the kernel has through eth0 (main table, default), which
 	// must be the ones configured.
-	var want []hotplug.EventRoute
+	var want []recording.EventRoute
 	for _, fam := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
 		r := e.replayKernelDefault(t, fam, eth0.Index)
 		if r == nil {
 			t.Fatalf("kernel: no family %d default route through eth0", fam)
 		}
-		want = append(want, hotplug.EventRoute{Dest: "default", Gateway: r.Gw.String(), Device: "eth0"})
+		want = append(want, recording.EventRoute{Dest: "default", Gateway: r.Gw.String(), Device: "eth0"})
 	}
-	if cfg := []hotplug.EventRoute{replayDefault(n.GW, "eth0"), replayDefault(n.GW6, "eth0")}; !slices.Equal(replaySortRoutes(cfg), replaySortRoutes(want)) {
+	if cfg := []recording.EventRoute{replayDefault(n.GW, "eth0"), replayDefault(n.GW6, "eth0")}; !slices.Equal(replaySortRoutes(cfg), replaySortRoutes(want)) {
 		t.Fatalf("kernel default routes %v, configured %v", want, cfg)
 	}
 	evs := rec.wait(t, "both default routes via eth0", replayLastRoutesAre(want...))
@@ -158,7 +160,7 @@ func TestReplayDisconnect(t *testing.T) {
 			eth0 := e.replayDockerEndpoint(t, n1, "eth0", 2, 0, true)
 			eth1 := e.replayDockerEndpoint(t, n2, "eth1", 2, 0, false)
 			replayMoveDefault(t, e, eth0, eth1, n2.GW)
-			rec.wait(t, "eth0 and eth1 attached, default via eth1", func(evs []hotplug.Event) bool {
+			rec.wait(t, "eth0 and eth1 attached, default via eth1", func(evs []recording.Event) bool {
 				return len(rec.guestMACs()) == 2 && replayLastRoutesAre(replayDefault(n2.GW, "eth1"))(evs)
 			})
 
@@ -392,8 +394,8 @@ func TestReplayAlreadyAttached(t *testing.T) {
 			if got, want := fs.GuestMACs(), slices.Sorted(slices.Values([]string{mac.String(), marker.MAC.String()})); !slices.Equal(got, want) {
 				t.Errorf("guest MACs %v, want %v (each once)", got, want)
 			}
-			if !slices.ContainsFunc(mon.rec.Attached(), func(a matcher.Attached) bool { return a.Index == ep.Index && a.MAC == mac.String() }) {
-				t.Errorf("eth0 not adopted: attached %+v", mon.rec.Attached())
+			if !slices.ContainsFunc(mon.rec.NICs(), func(a matcher.GuestNIC) bool { return a.Index == ep.Index && a.MAC == mac.String() }) {
+				t.Errorf("eth0 not adopted: attached %+v", mon.rec.NICs())
 			}
 		})
 	}
@@ -459,13 +461,13 @@ func TestReplayResync(t *testing.T) {
 	stopChurn()
 
 	wantMACs := slices.Sorted(slices.Values([]string{eth0.MAC.String(), eth1.MAC.String()}))
-	wantRoutes := []hotplug.EventRoute{replayDefault(n2.GW, "eth1")}
+	wantRoutes := []recording.EventRoute{replayDefault(n2.GW, "eth1")}
 	// A fresh list of the netns agrees with what was configured...
 	if macs, routes := e.replayImplied(t); !slices.Equal(macs, wantMACs) || !slices.Equal(routes, wantRoutes) {
 		t.Fatalf("a fresh list implies endpoints %v and routes %v; configured %v and %v", macs, routes, wantMACs, wantRoutes)
 	}
 	// ...and the resynced monitor got there.
-	evs := rec.wait(t, "the attached set and the last routes the netns implies", func(evs []hotplug.Event) bool {
+	evs := rec.wait(t, "the attached set and the last routes the netns implies", func(evs []recording.Event) bool {
 		return slices.Equal(rec.guestMACs(), wantMACs) && replayLastRoutesAre(wantRoutes...)(evs)
 	})
 	snap := mon.Snapshot()
@@ -490,7 +492,7 @@ func TestReplayResync(t *testing.T) {
 	}
 }
 
-func replayCount(evs []hotplug.Event, op string) int {
+func replayCount(evs []recording.Event, op string) int {
 	n := 0
 	for _, e := range evs {
 		if e.Op == op {

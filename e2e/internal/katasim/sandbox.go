@@ -48,7 +48,7 @@ import (
 
 	"github.com/kata-netmon/kata-netmon/e2e/internal/guest"
 	"github.com/kata-netmon/kata-netmon/hotplug"
-	"github.com/kata-netmon/kata-netmon/internal/nsdo"
+	"github.com/kata-netmon/kata-netmon/internal/nsfs"
 )
 
 // Options configure a Sandbox.
@@ -439,7 +439,7 @@ func redirect(from, to int) *netlink.U32 {
 // goroutine.
 func openTap(nsPath, name string) (*os.File, error) {
 	var f *os.File
-	err := nsdo.Do(nsPath, func() error {
+	err := nsfs.DoPath(nsPath, func() error {
 		var err error
 		f, err = tunSetIff(name)
 		return err
