@@ -125,6 +125,7 @@ func (r *Reconciler) attachOne(ctx context.Context, l *view.Link) {
 		f := r.failed(r.attachFail[l.Index], err)
 		r.attachFail[l.Index] = f
 		log.WithError(err).WithField("attempt", f.attempts).Error("attach failed; will check the sandbox and retry")
+		r.upAgain(l, log)
 		return
 	}
 	if changed != nil {
@@ -217,6 +218,25 @@ func (r *Reconciler) undoAttach(ctx context.Context, l *view.Link, got *Interfac
 		r.unsure[gotMAC] = l.Name
 	}
 	r.attachFail[l.Index] = r.failed(r.attachFail[l.Index], fmt.Errorf("link %q changed during attach: %w", l.Name, why))
+}
+
+// upAgain sets l up again when a sandbox that tears links down by name
+// (DetachByName) has set it down while undoing the failed AddInterface of
+// it: the link was up (ready) before the call, and is still the same link.
+func (r *Reconciler) upAgain(l *view.Link, log *logrus.Entry) {
+	lu, ok := r.cfg.Source.(LinkUpper)
+	if !r.caps.DetachByName || !ok {
+		return
+	}
+	now, err := r.cfg.Source.LinkByName(l.Name)
+	if err != nil || now == nil || now.Index != l.Index || now.MAC.String() != l.MAC.String() || now.Up() {
+		return
+	}
+	if err := lu.SetLinkUp(l.Index); err != nil {
+		log.WithError(err).Error("the sandbox set the link down while undoing the failed attach, and setting it up again failed")
+		return
+	}
+	log.Warn("the sandbox set the link down while undoing the failed attach (Kata looks the link up by name); set it up again")
 }
 
 // plugged records a NIC the guest has now.

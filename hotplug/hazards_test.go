@@ -273,3 +273,42 @@ func TestSandboxPanicFailsTheCall(t *testing.T) {
 		t.Fatalf("retry: status %+v", st)
 	}
 }
+
+// Kata 4.1 as shipped undoes an AddInterface whose agent call failed by
+// hot-detaching the endpoint, which sets the link (looked up by name) down;
+// its next attach would not set it up again. With DetachByName the
+// reconciler sets it up again; without the hazard it leaves links alone.
+func TestFailedAttachLinkUpAgain(t *testing.T) {
+	for _, byName := range []bool{true, false} {
+		t.Run(fmt.Sprintf("DetachByName=%v", byName), func(t *testing.T) {
+			src := hotplugtest.NewFakeSource(hotplugtest.Loopback(), hotplugtest.Endpoint(7, "eth0", macA, "172.18.0.2/16"))
+			sb := &hotplugtest.FakeSandbox{Caps: &hotplug.Capabilities{HotplugNIC: true, HotUnplugNIC: true, DetachByName: byName}}
+			fail := true
+			sb.AddInterfaceFn = func(ctx context.Context, inf *hotplug.Interface) (*hotplug.Interface, error) {
+				if fail {
+					fail = false
+					// Kata's rollback: removeTCFiltering sets the veth down.
+					src.Update(func(s *view.Snapshot) { s.Links[7].RawFlags = 0 })
+					return nil, errors.New("update interface: interface not available")
+				}
+				return sb.GuestAddInterface(inf)
+			}
+			h := newHarness(t, sb, src)
+			h.reconcile()
+			if !byName {
+				if src.Ups() != 0 || src.Snapshot().Links[7].Up() {
+					t.Fatalf("the link was set up (%d) without the hazard", src.Ups())
+				}
+				return
+			}
+			if src.Ups() != 1 {
+				t.Fatalf("SetLinkUp called %d times, want 1", src.Ups())
+			}
+			h.wantLogged(logrus.WarnLevel, "set it up again", logrus.Fields{"ifname": "eth0"})
+			h.clock.Advance(time.Second)
+			if st := h.reconcile(); len(st.NICs) != 1 {
+				t.Fatalf("retry: status %+v, want eth0 attached", st)
+			}
+		})
+	}
+}

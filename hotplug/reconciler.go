@@ -28,6 +28,15 @@ type Source interface {
 	Done() <-chan struct{}
 }
 
+// LinkUpper is a Source that can also set a link of the watched netns up.
+// The reconciler uses it for one repair only: a sandbox with DetachByName
+// (Kata 4.1 as shipped) sets the link down when it undoes a failed
+// AddInterface, and nothing would set it up again (Kata's tcfilter attach
+// does not), so the endpoint Docker still has would stay dead.
+type LinkUpper interface {
+	SetLinkUp(index int) error
+}
+
 // Config configures a Reconciler.
 type Config struct {
 	Sandbox Sandbox

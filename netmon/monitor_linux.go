@@ -237,6 +237,28 @@ func (m *Monitor) LinkByName(name string) (*view.Link, error) {
 	return linkFromNetlink(l), nil
 }
 
+// SetLinkUp sets the link with ifindex index of the watched netns up. It
+// is the one change netmon makes to the netns: the reconciler's repair of
+// a link Kata 4.1 switched off (hotplug.LinkUpper).
+func (m *Monitor) SetLinkUp(index int) error {
+	if _, err := m.handle(); err != nil {
+		return err
+	}
+	m.hmu.RLock()
+	defer m.hmu.RUnlock()
+	if m.wh == nil {
+		return ErrClosed
+	}
+	l, err := m.wh.LinkByIndex(index)
+	if err != nil {
+		return fmt.Errorf("read ifindex %d in netns %q: %w", index, m.cfg.NetNSPath, err)
+	}
+	if err := m.wh.LinkSetUp(l); err != nil {
+		return fmt.Errorf("set ifindex %d up in netns %q: %w", index, m.cfg.NetNSPath, err)
+	}
+	return nil
+}
+
 // Done is closed when the monitor has stopped: after Close, or when the
 // watched netns could no longer be watched (Err says why).
 func (m *Monitor) Done() <-chan struct{} { return m.done }

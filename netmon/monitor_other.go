@@ -30,6 +30,9 @@ func (m *Monitor) Changed() <-chan struct{} { return nil }
 // LinkByName fails off Linux.
 func (m *Monitor) LinkByName(name string) (*view.Link, error) { return nil, errUnsupported }
 
+// SetLinkUp fails off Linux.
+func (m *Monitor) SetLinkUp(int) error { return errUnsupported }
+
 // Done is closed off Linux: there is nothing to watch.
 func (m *Monitor) Done() <-chan struct{} {
 	ch := make(chan struct{})

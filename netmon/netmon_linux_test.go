@@ -585,6 +585,16 @@ func TestLinkByName(t *testing.T) {
 	if l, err := m.LinkByName("knm-nothere"); l != nil || err != nil {
 		t.Errorf("missing link: %+v, %v; want nil, nil", l, err)
 	}
+	// SetLinkUp: the one write, for the reconciler's repair.
+	if err := m.SetLinkUp(a.Attrs().Index); err != nil {
+		t.Fatalf("SetLinkUp: %v", err)
+	}
+	if l, err := m.LinkByName(a.Attrs().Name); err != nil || !l.Up() {
+		t.Errorf("after SetLinkUp: %+v, %v; want it up", l, err)
+	}
+	if err := m.SetLinkUp(99999); err == nil {
+		t.Error("SetLinkUp of a missing ifindex succeeded")
+	}
 	m.Close()
 	if _, err := m.LinkByName(a.Attrs().Name); !errors.Is(err, netmon.ErrClosed) {
 		t.Errorf("after Close: err = %v, want ErrClosed", err)

@@ -1,6 +1,7 @@
 package hotplugtest
 
 import (
+	"fmt"
 	"sync"
 
 	"github.com/kata-netmon/kata-netmon/netmon/view"
@@ -23,12 +24,16 @@ type FakeSource struct {
 	done      chan struct{} // closed by Close
 	closeOnce sync.Once
 
-	mu    sync.Mutex // guards snap and reads
+	mu    sync.Mutex // guards snap, reads and ups
 	snap  *view.Snapshot
 	reads int
+	ups   int
 }
 
-var _ hotplug.Source = (*FakeSource)(nil)
+var (
+	_ hotplug.Source    = (*FakeSource)(nil)
+	_ hotplug.LinkUpper = (*FakeSource)(nil)
+)
 
 // NewFakeSource returns a source whose first snapshot holds links (and no
 // routes), at generation 1.
@@ -80,6 +85,32 @@ func (s *FakeSource) LinkByName(name string) (*view.Link, error) {
 		return nil, nil
 	}
 	return l.Clone(), nil
+}
+
+// SetLinkUp implements hotplug.LinkUpper: it sets the flags of the link at
+// index up in the view (as the kernel would then report) and counts.
+func (s *FakeSource) SetLinkUp(index int) error {
+	found := false
+	s.Update(func(snap *view.Snapshot) {
+		if l := snap.Links[index]; l != nil {
+			l.RawFlags |= view.FlagUp | view.FlagRunning | view.FlagLowerUp
+			found = true
+		}
+	})
+	if !found {
+		return fmt.Errorf("no link with ifindex %d", index)
+	}
+	s.mu.Lock()
+	s.ups++
+	s.mu.Unlock()
+	return nil
+}
+
+// Ups returns how many times SetLinkUp succeeded.
+func (s *FakeSource) Ups() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.ups
 }
 
 // Set replaces the view with snap (which the source now owns), with the
