@@ -38,10 +38,10 @@ func InterfaceFromLink(l *view.Link) *Interface {
 	return inf
 }
 
-// RouteFromNetmon converts a route of the sandbox netns to Kata's form, with
+// RouteFromView converts a route of the sandbox netns to Kata's form, with
 // device named as the guest knows it. A default route (prefix length 0) gets
 // an empty Dest: the agent does not parse "default" or "0.0.0.0/0".
-func RouteFromNetmon(r view.Route, device string) *Route {
+func RouteFromView(r view.Route, device string) *Route {
 	out := &Route{
 		Device: device,
 		Scope:  uint32(r.Scope),

@@ -84,7 +84,7 @@ func TestInterfaceFromLink(t *testing.T) {
 	}
 }
 
-func TestRouteFromNetmon(t *testing.T) {
+func TestRouteFromView(t *testing.T) {
 	withSrc := func(r view.Route, src string) view.Route {
 		r.Src = netip.MustParseAddr(src)
 		return r
@@ -132,9 +132,9 @@ func TestRouteFromNetmon(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			got := hotplug.RouteFromNetmon(tc.route, tc.device)
+			got := hotplug.RouteFromView(tc.route, tc.device)
 			if got == nil || *got != tc.want {
-				t.Errorf("RouteFromNetmon:\n got  %+v\n want %+v", got, tc.want)
+				t.Errorf("RouteFromView:\n got  %+v\n want %+v", got, tc.want)
 			}
 		})
 	}

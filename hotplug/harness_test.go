@@ -2,6 +2,7 @@ package hotplug_test
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"strings"
 	"sync"
@@ -120,23 +121,47 @@ func (h *harness) run(ctx context.Context) <-chan error {
 }
 
 // logged reports a log entry at level whose message contains msg.
-func (h *harness) logged(level logrus.Level, msg string) bool {
+// logged reports a line at level whose message contains msg and whose
+// fields include every one of fields (compared as printed).
+func (h *harness) logged(level logrus.Level, msg string, fields ...logrus.Fields) bool {
 	for _, e := range h.hook.AllEntries() {
-		if e.Level == level && strings.Contains(e.Message, msg) {
+		if e.Level == level && strings.Contains(e.Message, msg) && hasFields(e.Data, fields...) {
 			return true
 		}
 	}
 	return false
 }
 
-func (h *harness) wantLogged(level logrus.Level, msg string) {
+// count returns how many lines at level contain msg.
+func (h *harness) count(level logrus.Level, msg string) int {
+	n := 0
+	for _, e := range h.hook.AllEntries() {
+		if e.Level == level && strings.Contains(e.Message, msg) {
+			n++
+		}
+	}
+	return n
+}
+
+func hasFields(data logrus.Fields, want ...logrus.Fields) bool {
+	for _, w := range want {
+		for k, v := range w {
+			if got, ok := data[k]; !ok || fmt.Sprint(got) != fmt.Sprint(v) {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+func (h *harness) wantLogged(level logrus.Level, msg string, fields ...logrus.Fields) {
 	h.t.Helper()
-	if !h.logged(level, msg) {
+	if !h.logged(level, msg, fields...) {
 		var got []string
 		for _, e := range h.hook.AllEntries() {
-			got = append(got, e.Level.String()+": "+e.Message)
+			got = append(got, fmt.Sprintf("%s: %s %v", e.Level, e.Message, e.Data))
 		}
-		h.t.Errorf("no %s log containing %q; logged:\n%s", level, msg, strings.Join(got, "\n"))
+		h.t.Errorf("no %s log containing %q with %v; logged:\n%s", level, msg, fields, strings.Join(got, "\n"))
 	}
 }
 
@@ -182,7 +207,7 @@ func macsOf(sb *hotplugtest.FakeSandbox, op string) []string {
 	return out
 }
 
-func attachedMACs(as []matcher.Attached) []string {
+func attachedMACs(as []matcher.GuestNIC) []string {
 	var out []string
 	for _, a := range as {
 		out = append(out, a.MAC)

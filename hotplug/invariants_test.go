@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
-	"net"
 	"slices"
 	"strings"
 	"sync"
@@ -121,15 +120,14 @@ func (m *model) arm() {
 		}
 		return sb.GuestUpdateRoutes(rs)
 	}
-	m.src.LinkByNameFn = func(name string) (int, net.HardwareAddr, error) {
+	m.src.LinkByNameFn = func(name string) (*view.Link, error) {
 		if m.chance(0.08) {
-			return 999, hotplugtest.MAC("02:ff:ff:ff:ff:ff"), nil
+			return &view.Link{Index: 999, Name: name, MAC: hotplugtest.MAC("02:ff:ff:ff:ff:ff"), RawFlags: hotplugtest.UpRunning}, nil
 		}
-		l := m.src.Snapshot().LinkByName(name)
-		if l == nil {
-			return 0, nil, hotplugtest.ErrLinkNotFound
+		if l := m.src.Snapshot().LinkByName(name); l != nil {
+			return l.Clone(), nil
 		}
-		return l.Index, l.MAC, nil
+		return nil, nil
 	}
 }
 
@@ -367,7 +365,7 @@ func runModel(t *testing.T, seed uint64, steps int, unplug, hangs bool) {
 		}
 	}
 	var attached []string
-	for _, a := range st.Attached {
+	for _, a := range st.NICs {
 		attached = append(attached, a.MAC)
 	}
 	slices.Sort(attached)
@@ -390,7 +388,7 @@ func runModel(t *testing.T, seed uint64, steps int, unplug, hangs bool) {
 	// Every route through an attached device is in the guest, under the
 	// device's attach name.
 	devs, names := map[int]bool{}, map[int]string{}
-	for _, a := range st.Attached {
+	for _, a := range st.NICs {
 		devs[a.Index], names[a.Index] = true, a.Name
 	}
 	guestRoutes := map[hotplug.Route]bool{}
@@ -398,7 +396,7 @@ func runModel(t *testing.T, seed uint64, steps int, unplug, hangs bool) {
 		guestRoutes[*r] = true
 	}
 	for _, r := range matcher.Routes(snap, devs) {
-		if want := hotplug.RouteFromNetmon(r, names[r.LinkIndex]); !guestRoutes[*want] {
+		if want := hotplug.RouteFromView(r, names[r.LinkIndex]); !guestRoutes[*want] {
 			fail("route %+v missing in the guest %v", *want, sb.GuestRoutes())
 		}
 	}

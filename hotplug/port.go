@@ -66,12 +66,28 @@ type Route struct {
 	Mtu     uint32
 }
 
-// Capabilities says what the sandbox's hypervisor can do with NICs at run
-// time. In Kata 4.1's Go runtime: QEMU both; Cloud Hypervisor hot-plugs but
-// cannot unplug; Firecracker, StratoVirt and remote neither.
+// Capabilities says what the sandbox can do with NICs at run time, and which
+// of its hazards the reconciler must steer around. The zero value of each
+// hazard field means the sandbox does not have it.
 type Capabilities struct {
+	// HotplugNIC and HotUnplugNIC: in Kata 4.1's Go runtime, QEMU both;
+	// Cloud Hypervisor plugs but cannot unplug; Firecracker, StratoVirt and
+	// remote neither.
 	HotplugNIC   bool
 	HotUnplugNIC bool
+
+	// DetachByName: RemoveInterface also tears down whatever link holds the
+	// endpoint's attach-time name in the netns: it sets that link DOWN (and,
+	// with Kata's macvtap model, writes the old MAC and addresses onto it).
+	// A link that reuses the name, or the endpoint itself after its MAC
+	// changed, would be switched off; the reconciler does not detach while a
+	// link holds the name. (Kata 4.1 as shipped: removeTCFiltering and
+	// untapNetworkPair look the veth up by name.)
+	DetachByName bool
+	// ReMACsLink: AddInterface gives the link a new MAC and removes its
+	// addresses, while the guest NIC keeps the MAC the link had. (Kata's
+	// macvtap internetworking model: tapNetworkPair.)
+	ReMACsLink bool
 }
 
 // Sandbox is the part of Kata's VCSandbox the monitor uses, plus the
@@ -98,6 +114,14 @@ type Sandbox interface {
 // the monitor does not start.
 var ErrNoHotplug = errors.New("hypervisor cannot hot-plug network interfaces")
 
-// ErrSandboxDead is returned (wrapped) once the sandbox reported that its agent
-// is gone ("Dead agent", "ttrpc: closed"): the reconciler gives up.
+// ErrSandboxDead is what a sandbox wraps in the error of a call when its VM or
+// agent is gone for good (Kata: "Dead agent", "ttrpc: closed"): the
+// reconciler makes no further call. Adapters recognise their runtime's
+// errors; the reconciler only tests errors.Is.
 var ErrSandboxDead = errors.New("sandbox is dead")
+
+// ErrRefused is what a sandbox wraps in the error of a call it refused
+// without doing anything, because doing it would break the guest (OneNIC:
+// a second NIC on a runtime that would misconfigure it). Retrying does not
+// help until the sandbox changes; the reconciler reports it once per link.
+var ErrRefused = errors.New("sandbox refused the request")

@@ -331,7 +331,7 @@ type world struct {
 	links    map[int]*view.Link // by ifindex
 	slots    [4]int             // slot -> ifindex (0: empty)
 	next     int                // next fresh ifindex (the kernel does not reuse them quickly)
-	attached map[int]matcher.Attached
+	attached map[int]matcher.GuestNIC
 	// moved records, per attached ifindex, whether since its attach the
 	// link was deleted, renamed, or got another MAC: only those may
 	// detach it.
@@ -513,7 +513,7 @@ func (w *world) pass(s *view.Snapshot) bool {
 			continue
 		}
 		l := s.Links[d.Index]
-		a := matcher.Attached{Index: l.Index, Name: l.Name, MAC: l.MAC.String()}
+		a := matcher.GuestNIC{Index: l.Index, Name: l.Name, MAC: l.MAC.String()}
 		w.attach(a)
 		acted = true
 		if gone, why := matcher.Gone(a, s); gone {
@@ -523,7 +523,7 @@ func (w *world) pass(s *view.Snapshot) bool {
 	return acted
 }
 
-func (w *world) attach(a matcher.Attached) {
+func (w *world) attach(a matcher.GuestNIC) {
 	ev := w.events[a.Index]
 	if len(ev) > 0 && ev[len(ev)-1] == "attach" {
 		w.t.Fatalf("ifindex %d attached twice: %v", a.Index, ev)
@@ -575,7 +575,7 @@ func FuzzSequence(f *testing.F) {
 }
 
 func runSequence(t *testing.T, ops []byte) *world {
-	w := &world{t: t, links: map[int]*view.Link{}, attached: map[int]matcher.Attached{},
+	w := &world{t: t, links: map[int]*view.Link{}, attached: map[int]matcher.GuestNIC{},
 		moved: map[int]bool{}, events: map[int][]string{}, next: 1}
 	w.links[1] = &view.Link{Index: 1, Name: "lo", Kind: "device", RawFlags: view.FlagLoopback | view.FlagUp | view.FlagRunning,
 		MAC: make(net.HardwareAddr, 6), Addrs: []view.Addr{addr("127.0.0.1/8")}}
@@ -596,7 +596,7 @@ func TestSequenceDockerConnectDisconnect(t *testing.T) {
 	}
 	// Stop before the disconnect: attached under eth0 with Docker's MAC.
 	w = runSequence(t, dockerSeq[:3*12])
-	if got, want := w.attached, map[int]matcher.Attached{2: {Index: 2, Name: "eth0", MAC: "02:42:ac:12:00:02"}}; !maps.Equal(got, want) {
+	if got, want := w.attached, map[int]matcher.GuestNIC{2: {Index: 2, Name: "eth0", MAC: "02:42:ac:12:00:02"}}; !maps.Equal(got, want) {
 		t.Errorf("attached = %v, want %v", got, want)
 	}
 }

@@ -22,7 +22,7 @@ import (
 
 // This file fuzzes what FuzzClassify, FuzzRoutes and FuzzSequence do not
 // reach: the conversions to Kata's types (hotplug.InterfaceFromLink,
-// hotplug.RouteFromNetmon) and the real reconciler fed random link,
+// hotplug.RouteFromView) and the real reconciler fed random link,
 // address and route sequences, checked on what reaches the sandbox.
 
 // checkInterface states what Kata's AddInterface may receive for l.
@@ -135,7 +135,7 @@ func FuzzInterfaceFromLink(f *testing.F) {
 	})
 }
 
-func FuzzRouteFromNetmon(f *testing.F) {
+func FuzzRouteFromView(f *testing.F) {
 	f.Add([]byte{0, 0, 0, 0, 1, 254 % 6, 1, 1}, "eth0")
 	f.Add([]byte{1, 3, 4, 64, 2, 0, 5, 2}, "eth1")
 	f.Add([]byte{9, 1, 2, 24, 1, 0, 1, 0, 8, 9, 9, 33, 1, 0, 1, 3}, "eth0")
@@ -144,7 +144,7 @@ func FuzzRouteFromNetmon(f *testing.F) {
 		devices := map[int]bool{1: true, 2: true}
 		kept := matcher.Routes(&view.Snapshot{Routes: routes}, devices)
 		for _, r := range kept {
-			checkRoute(t, r, hotplug.RouteFromNetmon(r, device), device)
+			checkRoute(t, r, hotplug.RouteFromView(r, device), device)
 		}
 		// Any valid route converts without panicking, and Dest is empty
 		// exactly for a default route.
@@ -152,7 +152,7 @@ func FuzzRouteFromNetmon(f *testing.F) {
 			if !r.Dst.IsValid() {
 				continue // netmon never makes one; matcher.Routes drops it
 			}
-			out := hotplug.RouteFromNetmon(r, device)
+			out := hotplug.RouteFromView(r, device)
 			if (out.Dest == "") != r.Default() {
 				t.Fatalf("route to %s: Dest %q", r.Dst, out.Dest)
 			}
@@ -278,7 +278,7 @@ func (w *reconWorld) apply(op, slot, arg byte) {
 func (w *reconWorld) snapshot() *view.Snapshot {
 	s := &view.Snapshot{Links: map[int]*view.Link{}, Routes: slices.Clone(w.routes)}
 	for i, l := range w.links {
-		s.Links[i] = hotplugtest.CloneLink(l)
+		s.Links[i] = l.Clone()
 	}
 	return s
 }
@@ -288,7 +288,7 @@ func (w *reconWorld) snapshot() *view.Snapshot {
 func (w *reconWorld) pass() {
 	t := w.t
 	snap := w.snapshot()
-	w.src.Set(hotplugtest.Clone(snap))
+	w.src.Set(snap.Clone())
 	w.mu.Lock()
 	failed := w.failNext
 	w.mu.Unlock()
@@ -346,7 +346,7 @@ func (w *reconWorld) pass() {
 	// Without injected failures, every ready endpoint is attached (or
 	// its MAC is, through a link that carries it too).
 	attached := map[string]bool{}
-	for _, a := range w.rec.Attached() {
+	for _, a := range w.rec.NICs() {
 		attached[a.MAC] = true
 	}
 	for _, l := range ready {

@@ -154,32 +154,39 @@ func Endpoints(s *view.Snapshot) []Decision {
 	return out
 }
 
-// Attached identifies an interface the VM has: the link it came from and the
-// MAC and name it was attached under (the guest knows it by these).
-type Attached struct {
+// GuestNIC is a NIC the guest has, and the link it stands for: the link's
+// ifindex and incarnation when it was plugged, and the name and MAC the
+// guest knows it by.
+type GuestNIC struct {
 	Index       int
-	Incarnation uint64 // view.Link.Incarnation when attached
+	Incarnation uint64 // view.Link.Incarnation when plugged
 	Name        string
-	MAC         string // lower-case colon form, as net.HardwareAddr.String
+	MAC         string // the guest NIC's MAC: lower-case colon form, as net.HardwareAddr.String
+	// LinkMAC is the link's MAC after the plug when the sandbox changed it
+	// (Kata's macvtap model gives the link a random MAC and the guest NIC
+	// the original); "" when the link kept MAC.
+	LinkMAC string
 }
 
-// Gone reports whether an attached interface no longer stands for a Docker
-// endpoint in s, and why: the link was deleted or moved out (DELLINK), was
-// taken down and renamed away from its attach name (docker network
-// disconnect), or now carries another MAC (the VM's NIC no longer matches).
-// A link that is merely down, renamed while up, or not ready, is not gone.
-func Gone(a Attached, s *view.Snapshot) (bool, string) {
-	l, ok := s.Links[a.Index]
+// Gone reports whether the link behind a guest NIC no longer stands for a
+// Docker endpoint in s, and why: the link was deleted or moved out
+// (DELLINK), was taken down and renamed away from its attach name (docker
+// network disconnect), or now carries a MAC that is neither the NIC's nor
+// the one the sandbox gave it. A link that is merely down, renamed while up,
+// or not ready, is not gone.
+func Gone(n GuestNIC, s *view.Snapshot) (bool, string) {
+	l, ok := s.Links[n.Index]
 	if !ok {
 		return true, "link deleted or moved out"
 	}
-	if l.Incarnation != a.Incarnation {
+	if l.Incarnation != n.Incarnation {
 		return true, "link deleted and re-created with the same ifindex"
 	}
-	if mac := l.MAC.String(); mac != a.MAC {
+	// Either MAC: the view may not show the sandbox's change yet.
+	if mac := l.MAC.String(); mac != n.MAC && (n.LinkMAC == "" || mac != n.LinkMAC) {
 		return true, fmt.Sprintf("MAC changed to %s", mac)
 	}
-	if !l.Up() && l.Name != a.Name {
+	if !l.Up() && l.Name != n.Name {
 		return true, fmt.Sprintf("taken down and renamed to %q", l.Name)
 	}
 	// Peer facts are deliberately not re-checked here: a transient failure

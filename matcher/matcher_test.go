@@ -13,8 +13,8 @@ import (
 )
 
 const (
-	upRunning    = view.FlagUp | view.FlagRunning | view.FlagLowerUp
-	dockerMAC    = "02:42:ac:12:00:02"
+	upRunning = view.FlagUp | view.FlagRunning | view.FlagLowerUp
+	dockerMAC = "02:42:ac:12:00:02"
 )
 
 func mustMAC(s string) net.HardwareAddr {
@@ -261,7 +261,7 @@ func TestStateString(t *testing.T) {
 }
 
 func TestGone(t *testing.T) {
-	attached := matcher.Attached{Index: 7, Name: "eth0", MAC: dockerMAC}
+	attached := matcher.GuestNIC{Index: 7, Name: "eth0", MAC: dockerMAC}
 	snap := func(links ...*view.Link) *view.Snapshot {
 		s := &view.Snapshot{Links: map[int]*view.Link{}}
 		for _, l := range links {

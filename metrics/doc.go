@@ -4,7 +4,7 @@
 // sandbox="<id>", registered as a single collector on the Registerer the
 // caller passes (the drop-in shim passes prometheus.DefaultRegisterer, which
 // Kata's shim metrics endpoint serves). It implements hotplug.Observer
-// (sandbox calls, attached interfaces) and netmon.Observer (netlink events,
+// (sandbox calls, guest NICs) and netmon.Observer (netlink events,
 // resyncs).
 //
 // Many monitors in one process share one registry without colliding: the

@@ -27,7 +27,8 @@ const (
 	OutcomeTimeout   = "timeout"   // returned its context's deadline error
 	OutcomeCanceled  = "canceled"  // returned because the monitor was stopping
 	OutcomeAbandoned = "abandoned" // did not return by its deadline: left running
-	OutcomeDead      = "dead"      // the agent is gone ("Dead agent", "ttrpc: closed"): the monitor gives up
+	OutcomeDead      = "dead"      // the agent is gone (hotplug.ErrSandboxDead): the monitor gives up
+	OutcomeRefused   = "refused"   // the sandbox refused it without acting (hotplug.ErrRefused), e.g. a second NIC on an unfixed Kata
 )
 
 // Sandbox operations the reconciler calls (the "op" label).
@@ -52,11 +53,12 @@ type Sandbox struct {
 	reg prometheus.Registerer
 	id  string
 
-	events   *prometheus.CounterVec   // kind
-	resyncs  prometheus.Counter       //
-	calls    *prometheus.CounterVec   // op, outcome
-	latency  *prometheus.HistogramVec // op
-	attached prometheus.Gauge
+	events  *prometheus.CounterVec   // kind
+	resyncs prometheus.Counter       //
+	calls   *prometheus.CounterVec   // op, outcome
+	latency *prometheus.HistogramVec // op
+	nics    prometheus.Gauge
+	panics  *prometheus.CounterVec // where
 
 	unregisterOnce sync.Once
 }
@@ -94,17 +96,21 @@ func New(reg prometheus.Registerer, id string) (*Sandbox, error) {
 		calls: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: Namespace, Name: "sandbox_calls_total", ConstLabels: cl,
 			Help: "Calls to the Kata sandbox, by op (AddInterface = attach, RemoveInterface = detach, UpdateRoutes = route push, " +
-				"ListInterfaces) and outcome (ok, error, timeout, canceled, abandoned, dead).",
+				"ListInterfaces) and outcome (ok, error, timeout, canceled, abandoned, dead, refused).",
 		}, []string{"op", "outcome"}),
 		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: Namespace, Name: "sandbox_call_duration_seconds", ConstLabels: cl, Buckets: CallBuckets,
 			Help: "Duration of calls to the Kata sandbox, by op; an abandoned call counts as its deadline.",
 		}, []string{"op"}),
-		attached: prometheus.NewGauge(prometheus.GaugeOpts{
+		nics: prometheus.NewGauge(prometheus.GaugeOpts{
 			Namespace: Namespace, Name: "interfaces_attached", ConstLabels: cl,
-			Help: "Interfaces the monitor has attached to the VM now.",
+			Help: "NICs the guest has now for the sandbox's Docker endpoints (attached or adopted by the monitor).",
 		}),
 	}
+	s.panics = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: Namespace, Name: "panics_total", ConstLabels: cl,
+		Help: "Panics recovered in kata-netmon's goroutines, by where (reconciler, first reconcile, netlink); the part that panicked starts over from a fresh list.",
+	}, []string{"where"})
 	// Series that exist from the start, so that rates and alerts see a 0
 	// rather than nothing.
 	for _, k := range kinds {
@@ -146,7 +152,8 @@ func (s *Sandbox) Describe(ch chan<- *prometheus.Desc) {
 	s.resyncs.Describe(ch)
 	s.calls.Describe(ch)
 	s.latency.Describe(ch)
-	s.attached.Describe(ch)
+	s.nics.Describe(ch)
+	s.panics.Describe(ch)
 }
 
 // Collect implements prometheus.Collector.
@@ -155,7 +162,8 @@ func (s *Sandbox) Collect(ch chan<- prometheus.Metric) {
 	s.resyncs.Collect(ch)
 	s.calls.Collect(ch)
 	s.latency.Collect(ch)
-	s.attached.Collect(ch)
+	s.nics.Collect(ch)
+	s.panics.Collect(ch)
 }
 
 // EventSeen implements netmon.Observer.
@@ -183,12 +191,20 @@ func (s *Sandbox) SandboxCall(op string, d time.Duration, err error) {
 	s.latency.WithLabelValues(op).Observe(d.Seconds())
 }
 
-// Attached implements hotplug.Observer.
-func (s *Sandbox) Attached(n int) {
+// Panicked implements hotplug.Observer.
+func (s *Sandbox) Panicked(where string) {
 	if s == nil {
 		return
 	}
-	s.attached.Set(float64(n))
+	s.panics.WithLabelValues(where).Inc()
+}
+
+// GuestNICs implements hotplug.Observer.
+func (s *Sandbox) GuestNICs(n int) {
+	if s == nil {
+		return
+	}
+	s.nics.Set(float64(n))
 }
 
 // Outcome classifies a sandbox call's error for the "outcome" label.
@@ -198,8 +214,10 @@ func Outcome(err error) string {
 		return OutcomeOK
 	case errors.Is(err, hotplug.ErrCallAbandoned):
 		return OutcomeAbandoned
-	case hotplug.IsDead(err):
+	case errors.Is(err, hotplug.ErrSandboxDead):
 		return OutcomeDead
+	case errors.Is(err, hotplug.ErrRefused):
+		return OutcomeRefused
 	case errors.Is(err, context.DeadlineExceeded):
 		return OutcomeTimeout
 	case errors.Is(err, context.Canceled):

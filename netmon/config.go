@@ -3,6 +3,8 @@ package netmon
 import (
 	"errors"
 
+	"github.com/kata-netmon/kata-netmon/internal/nsfs"
+
 	"github.com/sirupsen/logrus"
 )
 
@@ -11,6 +13,11 @@ type Config struct {
 	// NetNSPath is the netns to watch: /proc/PID/ns/net or a bind mount
 	// (Docker's /var/run/docker/netns/<id>). Required.
 	NetNSPath string
+	// NetNSFD, when > 0, is an open descriptor of the netns at NetNSPath
+	// that the caller has checked: New duplicates it and watches that,
+	// never reopening the path by name (the path then only tells, at a
+	// resync, whether the netns is still there).
+	NetNSFD int
 	// DockerdNetNS is the path of the netns whose links may be peers or
 	// parents of the watched links (dockerd's). "" means the caller's own
 	// netns: in the shim that is the host netns, which dockerd shares.
@@ -45,13 +52,10 @@ type Observer interface {
 var (
 	// ErrNotNetNS is returned (wrapped with the path) by New when a path
 	// opens but is not a network namespace.
-	ErrNotNetNS = errors.New("not a network namespace")
+	ErrNotNetNS = nsfs.ErrNotNetNS
 	// ErrClosed is returned by Start and LinkByName after Close.
 	ErrClosed = errors.New("netmon: monitor closed")
 	// ErrNetNSGone is Err's cause when the watched netns path no longer
 	// opens, or names another netns, at a resync.
 	ErrNetNSGone = errors.New("netmon: watched netns is gone")
-	// ErrLinkNotFound is returned (wrapped) by LinkByName when no link has
-	// that name in the watched netns.
-	ErrLinkNotFound = errors.New("link not found")
 )

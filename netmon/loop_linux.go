@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/kata-netmon/kata-netmon/internal/nsfs"
 	"github.com/kata-netmon/kata-netmon/netmon/view"
 
 	"github.com/sirupsen/logrus"
@@ -83,7 +84,7 @@ func benign(err error) bool {
 }
 
 // subscribe opens a new set. Every socket is created on a fresh thread that
-// is discarded afterwards (see inFreshThread).
+// is discarded afterwards (nsfs.Throwaway).
 func (m *Monitor) subscribe() (*subscription, error) {
 	s := &subscription{
 		done:   make(chan struct{}),
@@ -103,7 +104,7 @@ func (m *Monitor) subscribe() (*subscription, error) {
 		default:
 		}
 	}
-	ns := m.watched.handle()
+	ns := m.watched.Handle()
 	rcv := m.cfg.ReceiveBufferSize
 	subs := [3]func() error{
 		func() error {
@@ -120,7 +121,7 @@ func (m *Monitor) subscribe() (*subscription, error) {
 		},
 	}
 	for i, sub := range subs {
-		if err := inFreshThread(sub); err != nil {
+		if err := nsfs.Throwaway(sub); err != nil {
 			s.stop()
 			return nil, fmt.Errorf("subscribe to %s events in netns %q: %w",
 				[...]string{"link", "address", "route"}[i], m.cfg.NetNSPath, err)
@@ -451,12 +452,12 @@ func (m *Monitor) resync(old *subscription, reason string) (*subscription, error
 // fd and sockets, so only the path tells that the sandbox is gone (process
 // exited, bind mount removed) or that it now names another netns.
 func (m *Monitor) checkNetNS() error {
-	f, err := openNSQuiet(m.cfg.NetNSPath)
+	f, err := nsfs.OpenQuiet(m.cfg.NetNSPath)
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrNetNSGone, err)
 	}
-	defer f.close()
-	if !f.same(m.watched) {
+	defer f.Close()
+	if !f.Same(m.watched) {
 		return fmt.Errorf("%w: %q now names another netns", ErrNetNSGone, m.cfg.NetNSPath)
 	}
 	return nil

@@ -5,16 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
-	"os"
 	"sync"
 	"time"
 
+	"github.com/kata-netmon/kata-netmon/internal/nsfs"
 	"github.com/kata-netmon/kata-netmon/netmon/view"
 
 	"github.com/sirupsen/logrus"
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 )
 
 // Monitor watches one network namespace through netlink.
@@ -38,8 +36,8 @@ import (
 type Monitor struct {
 	cfg     Config
 	log     *logrus.Entry
-	watched nsFile // open from New to Close
-	dockerd nsFile
+	watched *nsfs.File // open from New to Close
+	dockerd *nsfs.File
 
 	changed chan struct{}
 	closing chan struct{}
@@ -92,28 +90,26 @@ func New(cfg Config) (*Monitor, error) {
 	}
 	log = log.WithField("netns", cfg.NetNSPath)
 
-	watched, err := openNetNS(cfg.NetNSPath)
+	var watched *nsfs.File
+	var err error
+	if cfg.NetNSFD > 0 {
+		watched, err = nsfs.Dup(cfg.NetNSFD, cfg.NetNSPath)
+	} else {
+		watched, err = nsfs.Open(cfg.NetNSPath)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("netmon: watched netns: %w", err)
 	}
-	var dockerd nsFile
+	var dockerd *nsfs.File
 	if cfg.DockerdNetNS != "" {
-		dockerd, err = openNetNS(cfg.DockerdNetNS)
+		dockerd, err = nsfs.Open(cfg.DockerdNetNS)
 	} else {
-		// The caller's own netns: the thread's (netns.Get reads
-		// /proc/<pid>/task/<tid>/ns/net), which is the process's unless
-		// the caller locked itself into another one.
-		var h netns.NsHandle
-		if h, err = netns.Get(); err == nil {
-			dockerd = nsFile{fd: int(h), path: fmt.Sprintf("/proc/%d/ns/net", os.Getpid())}
-			err = dockerd.stat()
-			if err != nil {
-				dockerd.close()
-			}
-		}
+		// The caller's own netns: the thread's, which is the process's
+		// unless the caller locked itself into another one.
+		dockerd, err = nsfs.Self()
 	}
 	if err != nil {
-		watched.close()
+		watched.Close()
 		return nil, fmt.Errorf("netmon: dockerd netns: %w", err)
 	}
 	m := &Monitor{
@@ -218,31 +214,49 @@ func (m *Monitor) Snapshot() *view.Snapshot {
 func (m *Monitor) Changed() <-chan struct{} { return m.changed }
 
 // LinkByName asks the kernel now (not the view) which link of the watched
-// netns carries name. Kata looks links up by name, and names are reused
-// quickly, so callers check index and MAC right around each hotplug call.
-// A missing link is reported as ErrLinkNotFound (wrapped).
-func (m *Monitor) LinkByName(name string) (int, net.HardwareAddr, error) {
+// netns carries name, and returns it without addresses or peer facts; nil
+// and no error when no link has that name. Kata looks links up by name, and
+// names are reused quickly, so callers check index and MAC right around each
+// hotplug call.
+func (m *Monitor) LinkByName(name string) (*view.Link, error) {
 	if _, err := m.handle(); err != nil {
-		return 0, nil, err
+		return nil, err
 	}
 	m.hmu.RLock()
 	defer m.hmu.RUnlock()
 	if m.wh == nil {
-		return 0, nil, ErrClosed
+		return nil, ErrClosed
 	}
 	l, err := m.wh.LinkByName(name)
 	if err != nil {
 		if isLinkNotFound(err) {
-			return 0, nil, fmt.Errorf("link %q in netns %q: %w", name, m.cfg.NetNSPath, ErrLinkNotFound)
+			return nil, nil
 		}
-		return 0, nil, fmt.Errorf("link %q in netns %q: %w", name, m.cfg.NetNSPath, err)
+		return nil, fmt.Errorf("read link %q in netns %q: %w", name, m.cfg.NetNSPath, err)
 	}
-	a := l.Attrs()
-	var mac net.HardwareAddr
-	if len(a.HardwareAddr) > 0 {
-		mac = append(net.HardwareAddr(nil), a.HardwareAddr...)
+	return linkFromNetlink(l), nil
+}
+
+// SetLinkUp sets the link with ifindex index of the watched netns up. It
+// is the one change netmon makes to the netns: the reconciler's repair of
+// a link Kata 4.1 switched off (hotplug.LinkUpper).
+func (m *Monitor) SetLinkUp(index int) error {
+	if _, err := m.handle(); err != nil {
+		return err
 	}
-	return a.Index, mac, nil
+	m.hmu.RLock()
+	defer m.hmu.RUnlock()
+	if m.wh == nil {
+		return ErrClosed
+	}
+	l, err := m.wh.LinkByIndex(index)
+	if err != nil {
+		return fmt.Errorf("read ifindex %d in netns %q: %w", index, m.cfg.NetNSPath, err)
+	}
+	if err := m.wh.LinkSetUp(l); err != nil {
+		return fmt.Errorf("set ifindex %d up in netns %q: %w", index, m.cfg.NetNSPath, err)
+	}
+	return nil
 }
 
 // Done is closed when the monitor has stopped: after Close, or when the
@@ -301,8 +315,8 @@ func (m *Monitor) release() {
 		m.wh = nil
 	}
 	m.hmu.Unlock()
-	m.watched.close()
-	m.dockerd.close()
+	m.watched.Close()
+	m.dockerd.Close()
 }
 
 // publish makes the working state the published view and notifies.

@@ -5,7 +5,6 @@ package netmon
 import (
 	"context"
 	"errors"
-	"net"
 
 	"github.com/kata-netmon/kata-netmon/netmon/view"
 )
@@ -29,9 +28,10 @@ func (m *Monitor) Snapshot() *view.Snapshot { return &view.Snapshot{Links: map[i
 func (m *Monitor) Changed() <-chan struct{} { return nil }
 
 // LinkByName fails off Linux.
-func (m *Monitor) LinkByName(name string) (int, net.HardwareAddr, error) {
-	return 0, nil, errUnsupported
-}
+func (m *Monitor) LinkByName(name string) (*view.Link, error) { return nil, errUnsupported }
+
+// SetLinkUp fails off Linux.
+func (m *Monitor) SetLinkUp(int) error { return errUnsupported }
 
 // Done is closed off Linux: there is nothing to watch.
 func (m *Monitor) Done() <-chan struct{} {

@@ -578,15 +578,25 @@ func TestLinkByName(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Works before Start: it asks the kernel, not the view.
-	idx, mac, err := m.LinkByName(a.Attrs().Name)
-	if err != nil || idx != a.Attrs().Index || mac.String() != a.Attrs().HardwareAddr.String() {
-		t.Errorf("LinkByName = %d %s %v, want %d %s", idx, mac, err, a.Attrs().Index, a.Attrs().HardwareAddr)
+	l, err := m.LinkByName(a.Attrs().Name)
+	if err != nil || l == nil || l.Index != a.Attrs().Index || l.MAC.String() != a.Attrs().HardwareAddr.String() || l.Kind != "veth" {
+		t.Errorf("LinkByName = %+v, %v; want ifindex %d MAC %s kind veth", l, err, a.Attrs().Index, a.Attrs().HardwareAddr)
 	}
-	if _, _, err := m.LinkByName("knm-nothere"); !errors.Is(err, netmon.ErrLinkNotFound) {
-		t.Errorf("missing link: err = %v, want ErrLinkNotFound", err)
+	if l, err := m.LinkByName("knm-nothere"); l != nil || err != nil {
+		t.Errorf("missing link: %+v, %v; want nil, nil", l, err)
+	}
+	// SetLinkUp: the one write, for the reconciler's repair.
+	if err := m.SetLinkUp(a.Attrs().Index); err != nil {
+		t.Fatalf("SetLinkUp: %v", err)
+	}
+	if l, err := m.LinkByName(a.Attrs().Name); err != nil || !l.Up() {
+		t.Errorf("after SetLinkUp: %+v, %v; want it up", l, err)
+	}
+	if err := m.SetLinkUp(99999); err == nil {
+		t.Error("SetLinkUp of a missing ifindex succeeded")
 	}
 	m.Close()
-	if _, _, err := m.LinkByName(a.Attrs().Name); !errors.Is(err, netmon.ErrClosed) {
+	if _, err := m.LinkByName(a.Attrs().Name); !errors.Is(err, netmon.ErrClosed) {
 		t.Errorf("after Close: err = %v, want ErrClosed", err)
 	}
 }
@@ -750,7 +760,7 @@ func TestCloseLifecycle(t *testing.T) {
 		for i := 0; i < 4; i++ {
 			cwg.Add(2)
 			go func() { defer cwg.Done(); m.Close() }()
-			go func() { defer cwg.Done(); _ = m.Snapshot(); _, _, _ = m.LinkByName("lo") }()
+			go func() { defer cwg.Done(); _ = m.Snapshot(); _, _ = m.LinkByName("lo") }()
 		}
 		cwg.Wait()
 		close(stop)

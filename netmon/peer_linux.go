@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/kata-netmon/kata-netmon/internal/nsfs"
 	"github.com/kata-netmon/kata-netmon/netmon/view"
 
 	"github.com/sirupsen/logrus"
@@ -17,8 +18,8 @@ import (
 // It is used by one goroutine at a time (Start, then the loop), like state.
 type resolver struct {
 	log     *logrus.Entry
-	watched nsFile // fds owned by the Monitor; never closed here
-	dockerd nsFile
+	watched *nsfs.File // owned by the Monitor; never closed here
+	dockerd *nsfs.File
 	scan    bool
 
 	dh *netlink.Handle // sockets in dockerd's netns, opened on first use; closed by close
@@ -26,7 +27,13 @@ type resolver struct {
 	// cache maps a link-netnsid (of the watched netns) to the netns it
 	// named when last scanned. Ids are reused once a netns dies, so an
 	// entry is re-validated on every use (see openCached).
-	cache map[int]nsFile // fd unused (-1): path and identity only
+	cache map[int]cached
+}
+
+// cached is where a link-netnsid pointed when last scanned.
+type cached struct {
+	path string
+	id   nsfs.ID
 }
 
 func (r *resolver) close() {
@@ -48,17 +55,17 @@ func (r *resolver) resolve(wh *netlink.Handle, l *view.Link) *view.Peer {
 	id := l.LinkNetNSID
 
 	// dockerd's netns first: ask the watched netns which id it gives it.
-	did, err := wh.GetNetNsIdByFd(r.dockerd.fd)
+	did, err := wh.GetNetNsIdByFd(r.dockerd.FD())
 	if err != nil {
-		return &view.Peer{State: view.PeerError, Err: fmt.Sprintf("RTM_GETNSID for %q in the watched netns: %v", r.dockerd.path, err)}
+		return &view.Peer{State: view.PeerError, Err: fmt.Sprintf("RTM_GETNSID for %q in the watched netns: %v", r.dockerd.Path(), err)}
 	}
 	if did == id {
 		if r.dh == nil {
 			if r.dh, err = newHandleAt(r.dockerd); err != nil {
-				return &view.Peer{State: view.PeerError, NetNS: r.dockerd.path, Err: err.Error()}
+				return &view.Peer{State: view.PeerError, NetNS: r.dockerd.Path(), Err: err.Error()}
 			}
 		}
-		return r.readPeer(r.dh, r.dockerd.path, l)
+		return r.readPeer(r.dh, r.dockerd.Path(), l)
 	}
 	if !r.scan {
 		return &view.Peer{State: view.PeerForeignNetNS}
@@ -72,13 +79,13 @@ func (r *resolver) resolve(wh *netlink.Handle, l *view.Link) *view.Peer {
 	if !ok {
 		return &view.Peer{State: view.PeerForeignNetNS}
 	}
-	defer ns.close()
+	defer ns.Close()
 	h, err := newHandleAt(ns)
 	if err != nil {
-		return &view.Peer{State: view.PeerError, NetNS: ns.path, Err: err.Error()}
+		return &view.Peer{State: view.PeerError, NetNS: ns.Path(), Err: err.Error()}
 	}
 	defer h.Close()
-	return r.readPeer(h, ns.path, l)
+	return r.readPeer(h, ns.Path(), l)
 }
 
 // readPeer reads the link at l.ParentIndex through h (sockets in the netns
@@ -110,7 +117,7 @@ func (r *resolver) readPeer(h *netlink.Handle, path string, l *view.Link) *view.
 		// The peer's link-netnsid is an id in the PEER's netns: ask that
 		// netns which id it gives the watched one. (Reading the peer
 		// above made the kernel allocate it if it had none.)
-		back, err := h.GetNetNsIdByFd(r.watched.fd)
+		back, err := h.GetNetNsIdByFd(r.watched.FD())
 		if err != nil {
 			return fail("RTM_GETNSID for the watched netns in %q: %v", path, err)
 		}
@@ -121,25 +128,25 @@ func (r *resolver) readPeer(h *netlink.Handle, path string, l *view.Link) *view.
 
 // openCached opens the cached netns for id and checks that it still is the
 // same netns and that the watched netns still gives it that id.
-func (r *resolver) openCached(wh *netlink.Handle, id int) (nsFile, bool) {
+func (r *resolver) openCached(wh *netlink.Handle, id int) (*nsfs.File, bool) {
 	e, ok := r.cache[id]
 	if !ok {
-		return nsFile{fd: -1}, false
+		return nil, false
 	}
-	f, err := openNSQuiet(e.path)
+	f, err := nsfs.OpenQuiet(e.path)
 	if err != nil {
 		delete(r.cache, id)
-		return f, false
+		return nil, false
 	}
-	if !f.same(e) {
-		f.close()
+	if f.ID() != e.id {
+		f.Close()
 		delete(r.cache, id)
-		return nsFile{fd: -1}, false
+		return nil, false
 	}
-	if got, err := wh.GetNetNsIdByFd(f.fd); err != nil || got != id {
-		f.close()
+	if got, err := wh.GetNetNsIdByFd(f.FD()); err != nil || got != id {
+		f.Close()
 		delete(r.cache, id)
-		return nsFile{fd: -1}, false
+		return nil, false
 	}
 	return f, true
 }
@@ -158,22 +165,20 @@ func (r *resolver) rescan(wh *netlink.Handle) {
 			}
 		}
 	}
-	type ident struct{ dev, ino uint64 }
-	seen := map[ident]bool{{r.watched.dev, r.watched.ino}: true}
-	cache := map[int]nsFile{}
+	seen := map[nsfs.ID]bool{r.watched.ID(): true}
+	cache := map[int]cached{}
 	for _, p := range paths {
-		f, err := openNSQuiet(p)
+		f, err := nsfs.OpenQuiet(p)
 		if err != nil {
 			continue // raced with an exit or unmount, or not a netns
 		}
-		k := ident{f.dev, f.ino}
-		if !seen[k] {
+		if k := f.ID(); !seen[k] {
 			seen[k] = true
-			if id, err := wh.GetNetNsIdByFd(f.fd); err == nil && id >= 0 {
-				cache[id] = nsFile{fd: -1, path: p, dev: f.dev, ino: f.ino}
+			if id, err := wh.GetNetNsIdByFd(f.FD()); err == nil && id >= 0 {
+				cache[id] = cached{path: p, id: k}
 			}
 		}
-		f.close()
+		f.Close()
 	}
 	r.log.WithField("ids", len(cache)).Debug("scanned netns for link-netnsids")
 	r.cache = cache

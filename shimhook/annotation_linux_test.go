@@ -11,6 +11,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/kata-netmon/kata-netmon/internal/nsfs"
 	"github.com/kata-netmon/kata-netmon/netmon/netmontest"
 )
 
@@ -65,11 +66,11 @@ func bindAt(src string) func(string) error {
 	}
 }
 
-func TestValidateAnnotatedNetNS(t *testing.T) {
+func TestOpenAnnotatedNetNS(t *testing.T) {
 	netmontest.RequireRoot(t)
 	sandboxNS := newNamedNetNS(t)
 	otherNS := newNamedNetNS(t)
-	sandbox, err := statNetNS(sandboxNS)
+	sandbox, err := nsfs.Stat(sandboxNS)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -111,10 +112,14 @@ func TestValidateAnnotatedNetNS(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			err := validateAnnotatedNetNS(tc.path, sandbox)
+			f, err := openAnnotatedNetNS(tc.path, sandbox)
 			if tc.ok {
 				if err != nil {
 					t.Fatalf("validate(%q) = %v, want ok", tc.path, err)
+				}
+				defer f.Close()
+				if f.ID() != sandbox {
+					t.Fatalf("validate(%q) opened %v, want the sandbox's %v", tc.path, f.ID(), sandbox)
 				}
 				return
 			}

@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/kata-netmon/kata-netmon/hotplug/hotplugtest"
+	"github.com/kata-netmon/kata-netmon/internal/nsfs"
 	"github.com/kata-netmon/kata-netmon/netmon/netmontest"
 )
 
@@ -167,17 +168,17 @@ func TestHostileAnnotationStart(t *testing.T) {
 	})
 }
 
-// FuzzValidateAnnotatedNetNS feeds the validator arbitrary strings (seeded
+// FuzzOpenAnnotatedNetNS feeds the validator arbitrary strings (seeded
 // with ../, //, NUL, very long paths and symlink-ish names around real
 // entries: the sandbox's netns, another sandbox's, symlinks to both and to
-// the host's, a regular file). Invariant: it never panics, and whatever it
-// accepts opens (following symlinks, as a later user of the path would) to
-// the sandbox's netns. Needs root.
-func FuzzValidateAnnotatedNetNS(f *testing.F) {
+// the host's, a regular file). Invariant: it never panics, whatever it
+// accepts is open on the sandbox's netns, and the path also opens there
+// (following symlinks). Needs root.
+func FuzzOpenAnnotatedNetNS(f *testing.F) {
 	netmontest.RequireRoot(f)
 	sandboxPath, _ := netmontest.NewNetNS(f)
 	otherPath, _ := netmontest.NewNetNS(f)
-	sandbox, err := statNetNS(sandboxPath)
+	sandbox, err := nsfs.Stat(sandboxPath)
 	if err != nil {
 		f.Fatal(err)
 	}
@@ -202,11 +203,15 @@ func FuzzValidateAnnotatedNetNS(f *testing.F) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, path string) {
-		err := validateAnnotatedNetNS(path, sandbox)
+		ns, err := openAnnotatedNetNS(path, sandbox)
 		if err != nil {
 			return
 		}
-		id, serr := statNetNS(path)
+		defer ns.Close()
+		if ns.ID() != sandbox {
+			t.Fatalf("accepted %q open on %v, not the sandbox's %v", path, ns.ID(), sandbox)
+		}
+		id, serr := nsfs.Stat(path)
 		if serr != nil || id != sandbox {
 			t.Fatalf("accepted %q, which opens to %v (%v), not the sandbox's %v", path, id, serr, sandbox)
 		}

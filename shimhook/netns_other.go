@@ -2,11 +2,12 @@
 
 package shimhook
 
-import "errors"
+import (
+	"errors"
 
-type nsID struct{ dev, ino uint64 }
+	"github.com/kata-netmon/kata-netmon/internal/nsfs"
+)
 
-var errNotLinux = errors.New("network namespaces need Linux")
-
-func statNetNS(string) (nsID, error)            { return nsID{}, errNotLinux }
-func validateAnnotatedNetNS(string, nsID) error { return errNotLinux }
+func openAnnotatedNetNS(string, nsfs.ID) (*nsfs.File, error) {
+	return nil, errors.New("network namespaces need Linux")
+}

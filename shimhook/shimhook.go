@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"path/filepath"
+	"runtime/debug"
 	"slices"
 	"strconv"
 	"sync"
@@ -15,9 +16,9 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/kata-netmon/kata-netmon/hotplug"
-	"github.com/kata-netmon/kata-netmon/internal/procwatch"
+	"github.com/kata-netmon/kata-netmon/internal/monitor"
+	"github.com/kata-netmon/kata-netmon/internal/nsfs"
 	"github.com/kata-netmon/kata-netmon/metrics"
-	"github.com/kata-netmon/kata-netmon/netmon"
 )
 
 // IsDocker reports whether the sandbox is a Docker ("moby") container whose
@@ -63,19 +64,14 @@ func bundleInNamespace(bundle string, nss []string) bool {
 }
 
 // Monitor is a running kata-netmon for one sandbox. A nil *Monitor is valid
-// and does nothing: Start returns nil when the sandbox is not monitored.
+// and does nothing.
 type Monitor struct {
-	log    *logrus.Entry
-	mon    *netmon.Monitor
-	rec    *hotplug.Reconciler
-	met    *metrics.Sandbox // nil without metrics
-	netns  nsID             // claimed in watching until release
-	cancel context.CancelFunc
-	done   chan struct{} // closed when the background loop returned
+	log   *logrus.Entry
+	mon   *monitor.Monitor
+	met   *metrics.Sandbox // nil without metrics
+	netns nsfs.ID          // claimed in watching until Stop or the loop's end
 
-	releaseOnce sync.Once
-	stopOnce    sync.Once
-	stopErr     error
+	releaseOnce, unclaimOnce sync.Once
 }
 
 // watching holds the netns this process monitors: a second Start for a
@@ -83,10 +79,10 @@ type Monitor struct {
 // (and collide in metrics), so it is refused.
 var watching = struct {
 	sync.Mutex
-	m map[nsID]bool
-}{m: map[nsID]bool{}}
+	m map[nsfs.ID]bool
+}{m: map[nsfs.ID]bool{}}
 
-func claimNetNS(id nsID) bool {
+func claimNetNS(id nsfs.ID) bool {
 	watching.Lock()
 	defer watching.Unlock()
 	if watching.m[id] {
@@ -96,25 +92,54 @@ func claimNetNS(id nsID) bool {
 	return true
 }
 
-func unclaimNetNS(id nsID) {
+func unclaimNetNS(id nsfs.ID) {
 	watching.Lock()
 	delete(watching.m, id)
 	watching.Unlock()
 }
 
-// ErrInvalidConfig is returned for a Config that cannot describe a sandbox.
-var ErrInvalidConfig = errors.New("shimhook: invalid config")
+var (
+	// ErrInvalidConfig is returned (wrapped) for a Config that cannot
+	// describe a sandbox.
+	ErrInvalidConfig = errors.New("shimhook: invalid config")
+	// ErrNotMonitored is wrapped by Start's error when it does not monitor
+	// the sandbox by design; the error says why (disabled, not a Docker
+	// sandbox, the hypervisor cannot hot-plug NICs, the netns is watched
+	// already). It is not a failure: the container starts as it would
+	// without kata-netmon.
+	ErrNotMonitored = errors.New("kata-netmon does not monitor this sandbox")
+	// ErrPanicked is wrapped by Start's error when it panicked; the panic
+	// was recovered.
+	ErrPanicked = errors.New("kata-netmon panicked")
+)
 
-// Start starts the monitor for a sandbox whose container is about to start.
-// It returns (nil, nil) when the sandbox is not Docker's, the monitor is
-// disabled, the hypervisor cannot hot-plug NICs, the netns cannot be
-// watched, or this process already monitors that netns (a second Start):
-// each case is logged once, and the container starts as it would without
-// kata-netmon. Before returning it runs the first reconcile
-// synchronously: it waits up to Settings.ReadyTimeout for candidate links to
-// become ready and attaches them, so the workload starts with its network.
-// A first attach that fails is logged; it fails Start only when
-// Settings.FailStartOnAttachError is set.
+// FailsStart reports whether Start's err must fail the container's Start:
+// only a failure (not ErrNotMonitored) while the operator asked for that
+// (Settings.FailStartOnAttachError). Every other error is logged and the
+// container starts without, or with a partly attached, network.
+func FailsStart(err error, s Settings) bool {
+	return err != nil && !errors.Is(err, ErrNotMonitored) && s.FailStartOnAttachError
+}
+
+// Start starts the monitor for a sandbox whose container is about to start,
+// and runs its first reconcile before returning: it waits up to
+// Settings.ReadyTimeout for candidate links to become ready and attaches
+// them, so the workload starts with its network.
+//
+// It returns one of:
+//   - a monitor and nil: the sandbox is monitored until Stop. A first
+//     reconcile that did not attach everything in time is logged and
+//     continues in the background, unless FailStartOnAttachError is set;
+//   - nil and an error wrapping ErrNotMonitored, which says why: not a
+//     failure;
+//   - nil and another error: a failure (an invalid Config, a netns that
+//     cannot be watched, a recovered panic, or, with
+//     FailStartOnAttachError, a first attach that failed). The caller
+//     logs it; FailsStart says whether it fails the container's Start.
+//
+// ctx bounds Start only; the monitor runs until Stop whatever ctx does. A
+// panic in Start is recovered and returned as an error wrapping
+// ErrPanicked. Start logs the first reconcile; the caller logs the error.
 func Start(ctx context.Context, cfg Config) (m *Monitor, err error) {
 	log := cfg.Log
 	if log == nil {
@@ -129,142 +154,88 @@ func Start(ctx context.Context, cfg Config) (m *Monitor, err error) {
 	// Nothing in here may take the shim down.
 	defer func() {
 		if p := recover(); p != nil {
-			log.Errorf("kata-netmon panicked in Start, continuing without it: %v", p)
-			m, err = nil, nil
+			log.WithFields(logrus.Fields{"panic": fmt.Sprint(p), "stack": string(debug.Stack())}).Error("kata-netmon panicked in Start; recovered")
+			m, err = nil, fmt.Errorf("%w in Start: %v", ErrPanicked, p)
 		}
 	}()
 	if !cfg.Settings.Enabled {
-		log.Debug("disabled by configuration")
-		return nil, nil
+		return nil, fmt.Errorf("%w: disabled by configuration", ErrNotMonitored)
 	}
 	if cfg.Sandbox == nil {
 		return nil, fmt.Errorf("%w: no sandbox", ErrInvalidConfig)
 	}
 	cfg.Settings = cfg.Settings.withDefaults()
 	if ok, why := IsDocker(cfg); !ok {
-		log.WithField("reason", why).Debug("not a Docker sandbox; not monitoring")
-		return nil, nil
+		return nil, fmt.Errorf("%w: not a Docker sandbox: %s", ErrNotMonitored, why)
 	}
-	path, id, err := sandboxNetNS(cfg, log)
+	path, ns, err := sandboxNetNS(cfg, log)
 	if err != nil {
-		log.WithError(err).Warn("cannot tell which netns to watch; not monitoring")
-		return nil, nil
+		return nil, fmt.Errorf("choose the netns to watch: %w", err)
 	}
+	defer ns.Close() // netmon keeps its own descriptor
 	log = log.WithField("netns", path)
-	if !claimNetNS(id) {
-		log.Warn("a monitor already watches this netns in this process (Start called twice?); not starting a second one")
-		return nil, nil
+	if !claimNetNS(ns.ID()) {
+		return nil, fmt.Errorf("%w: a monitor already watches netns %s in this process (Start called twice?)", ErrNotMonitored, path)
 	}
-	// Undone unless Start returns a monitor (also on a panic: this runs
-	// before the recover above).
-	var met *metrics.Sandbox
-	var mon *netmon.Monitor
+	mon := &Monitor{log: log, netns: ns.ID()}
+	// Undone unless Start returns the monitor, also when it panics (this
+	// runs before the recover above).
+	started := false
 	defer func() {
-		if m == nil {
-			if mon != nil {
-				mon.Close()
-			}
-			met.Unregister()
-			unclaimNetNS(id)
+		if !started {
+			mon.release()
 		}
 	}()
 	if cfg.Registerer != nil {
-		if met, err = metrics.New(cfg.Registerer, cfg.SandboxID); err != nil {
+		if mon.met, err = metrics.New(cfg.Registerer, cfg.SandboxID); err != nil {
 			log.WithError(err).Warn("cannot register metrics; monitoring without them")
-			met = nil
+			mon.met = nil
 		}
 	}
-
 	s := cfg.Settings
-	ncfg := netmon.Config{NetNSPath: path, DockerdNetNS: s.DockerdNetNS, Log: log}
-	hcfg := hotplug.Config{Sandbox: cfg.Sandbox, Log: log, CallTimeout: s.CallTimeout}
-	if met != nil { // never a typed nil in the interfaces
-		ncfg.Observer, hcfg.Observer = met, met
+	mcfg := monitor.Config{
+		NetNSPath: path, NetNSFD: ns.FD(), DockerdNetNS: s.DockerdNetNS, Sandbox: cfg.Sandbox, CallTimeout: s.CallTimeout,
+		ExitPID: cfg.HypervisorPID, Log: log,
 	}
-	mon, err = netmon.New(ncfg)
+	if mon.met != nil { // never a typed nil in the interface
+		mcfg.Observer = mon.met
+	}
+	mon.mon, err = monitor.Start(ctx, mcfg)
+	if errors.Is(err, hotplug.ErrNoHotplug) {
+		return nil, fmt.Errorf("%w: %w: the VM keeps the interfaces it booted with", ErrNotMonitored, err)
+	}
 	if err != nil {
-		log.WithError(err).Warn("cannot watch the sandbox netns; not monitoring")
-		return nil, nil
-	}
-	hcfg.Source = mon
-	rec, err := hotplug.New(hcfg)
-	if err != nil {
-		if errors.Is(err, hotplug.ErrNoHotplug) {
-			log.Info("the hypervisor cannot hot-plug NICs: kata-netmon does not start; the VM keeps the interfaces it booted with")
-			return nil, nil
-		}
-		log.WithError(err).Warn("cannot start the reconciler; not monitoring")
-		return nil, nil
-	}
-	if err := mon.Start(ctx); err != nil {
-		log.WithError(err).Warn("cannot subscribe to the sandbox netns; not monitoring")
-		return nil, nil
+		return nil, fmt.Errorf("kata-netmon: %w", err)
 	}
 
-	start := time.Now()
+	begin := time.Now()
 	sctx, cancel := context.WithTimeout(ctx, s.ReadyTimeout)
-	st, syncErr := rec.Sync(sctx)
+	st, syncErr := mon.mon.Sync(sctx)
 	cancel()
-	fields := logrus.Fields{"attached": len(st.Attached), "took": time.Since(start).Round(time.Millisecond)}
-	if syncErr != nil {
-		log.WithFields(fields).WithError(syncErr).Error("first reconcile did not attach every endpoint before the workload starts")
-		if s.FailStartOnAttachError {
-			return nil, fmt.Errorf("kata-netmon: first attach: %w", syncErr)
-		}
-	} else {
+	fields := logrus.Fields{"attached": len(st.NICs), "took": time.Since(begin).Round(time.Millisecond)}
+	if len(st.Refused) > 0 {
+		fields["refused"] = st.Refused
+	}
+	switch {
+	case syncErr != nil && s.FailStartOnAttachError:
+		return nil, fmt.Errorf("kata-netmon: first attach: %w", syncErr)
+	case syncErr != nil:
+		log.WithFields(fields).WithError(syncErr).Error("first reconcile did not attach every endpoint before the workload starts; carrying on in the background")
+	default:
 		log.WithFields(fields).Info("first reconcile done")
 	}
-
-	rctx, rcancel := context.WithCancel(context.Background())
-	m = &Monitor{log: log, mon: mon, rec: rec, met: met, netns: id, cancel: rcancel, done: make(chan struct{})}
-	var exited <-chan struct{}
-	var pw *procwatch.Watch
-	if cfg.HypervisorPID > 0 {
-		if pw, err = procwatch.Open(cfg.HypervisorPID); err != nil {
-			log.WithError(err).Warn("cannot watch the hypervisor process; relying on Stop")
-		} else {
-			exited = pw.Exited()
-		}
-	}
-	go m.run(rctx, exited, pw)
-	return m, nil
+	mon.mon.Run()
+	go mon.releaseWhenDone()
+	started = true
+	return mon, nil
 }
 
-// run is the background loop: the reconciler until Stop, the end of the
-// netns watch, the hypervisor's exit or a dead sandbox.
-func (m *Monitor) run(ctx context.Context, exited <-chan struct{}, pw *procwatch.Watch) {
-	defer close(m.done)
-	// Whatever ended the loop, the netns watch has no reader any more:
-	// release its sockets and goroutines now rather than at Stop.
-	defer m.release()
-	if pw != nil {
-		defer pw.Close()
-	}
-	ctx, cancel := context.WithCancel(ctx)
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	defer cancel()
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		select {
-		case <-exited:
-			m.log.Info("hypervisor exited; stopping")
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
-	defer func() {
-		if p := recover(); p != nil {
-			m.log.Errorf("kata-netmon panicked, monitoring stops (the sandbox carries on): %v", p)
-		}
-	}()
-	if err := m.rec.Run(ctx); err != nil {
-		m.log.WithError(err).Error("monitoring stops")
-	}
-	if err := m.mon.Err(); err != nil {
-		m.log.WithError(err).Warn("netns watch ended")
-	}
+// releaseWhenDone gives the netns up once the loop has ended by itself
+// (process exit, netns gone, dead sandbox), so a later Start may watch it.
+// The metrics stay until Stop: they say why it ended.
+func (m *Monitor) releaseWhenDone() {
+	<-m.mon.Done()
+	m.unclaim()
 }
 
 // Stop ends the monitor and unregisters its metrics. It returns by ctx's
@@ -274,79 +245,85 @@ func (m *Monitor) Stop(ctx context.Context) error {
 	if m == nil {
 		return nil
 	}
-	m.stopOnce.Do(func() {
-		m.cancel()
-		select {
-		case <-m.done:
-		case <-ctx.Done():
-			m.stopErr = fmt.Errorf("kata-netmon: stop: background loop still busy: %w", context.Cause(ctx))
-			m.log.WithError(m.stopErr).Warn("abandoning the monitor loop")
-		}
-		m.release()
-		m.met.Unregister()
-	})
-	return m.stopErr
+	err := m.mon.Stop(ctx)
+	m.release()
+	return err
 }
 
-// release closes the netns watch (it waits for netmon's goroutines, never
-// for a sandbox call) and gives the netns up for another Start. Once.
+// release stops the monitor, unregisters the metrics and gives the netns
+// up for another Start. Once.
 func (m *Monitor) release() {
 	m.releaseOnce.Do(func() {
-		m.mon.Close() // always nil
-		unclaimNetNS(m.netns)
+		if m.mon != nil {
+			// Bounded: the loop abandons a hung call when its context
+			// ends, and a Stop with a deadline ran first when there was
+			// one.
+			m.mon.Stop(context.Background())
+		}
+		m.met.Unregister()
+		m.unclaim()
 	})
 }
 
-// Attached returns the endpoints the VM has now (for logs and tests).
-func (m *Monitor) Attached() []string {
+// unclaim gives the netns up for another Start. Once.
+func (m *Monitor) unclaim() { m.unclaimOnce.Do(func() { unclaimNetNS(m.netns) }) }
+
+// NICNames returns the names of the NICs the guest has now for the
+// sandbox's endpoints (for logs and tests).
+func (m *Monitor) NICNames() []string {
 	if m == nil {
 		return nil
 	}
 	var out []string
-	for _, a := range m.rec.Attached() {
-		out = append(out, a.Name)
+	for _, n := range m.mon.NICs() {
+		out = append(out, n.Name)
 	}
 	return out
 }
 
-// sandboxNetNS picks the netns to watch, and returns its path and identity:
-// Kata's netns path, else the
-// hypervisor's; never the shim's own (the sandbox then shares the host
-// netns, disable_new_netns, and Docker's links are not ours). The annotation,
-// when trusted, is honoured only if it names that same netns.
-func sandboxNetNS(cfg Config, log *logrus.Entry) (string, nsID, error) {
+// sandboxNetNS opens the netns to watch and returns it with the path it is
+// known by: Kata's netns path, else the hypervisor's; never the shim's own
+// (the sandbox then shares the host netns, disable_new_netns, and Docker's
+// links are not ours: ErrNotMonitored). The annotation, when trusted, is
+// honoured only if it names that same netns, and is then used through the
+// descriptor that was checked.
+func sandboxNetNS(cfg Config, log *logrus.Entry) (string, *nsfs.File, error) {
 	path := cfg.NetNSPath
 	if path == "" {
 		if cfg.HypervisorPID <= 0 {
-			return "", nsID{}, errors.New("neither a netns path nor a hypervisor pid")
+			return "", nil, fmt.Errorf("%w: neither a netns path nor a hypervisor pid", ErrInvalidConfig)
 		}
 		path = "/proc/" + strconv.Itoa(cfg.HypervisorPID) + "/ns/net"
 	}
-	id, err := statNetNS(path)
+	f, err := nsfs.Open(path)
 	if err != nil {
-		return "", nsID{}, err
+		return "", nil, err
 	}
-	self, err := statNetNS("/proc/self/ns/net")
+	self, err := nsfs.Stat("/proc/self/ns/net")
 	if err != nil {
-		return "", nsID{}, err
+		f.Close()
+		return "", nil, err
 	}
-	if id == self {
-		return "", nsID{}, fmt.Errorf("%s is the shim's own netns (disable_new_netns?)", path)
+	if f.ID() == self {
+		f.Close()
+		return "", nil, fmt.Errorf("%w: %s is the shim's own netns (disable_new_netns)", ErrNotMonitored, path)
 	}
-	if cfg.Spec == nil || cfg.Spec.Annotations == nil {
-		return path, id, nil
+	ann, ok := "", false
+	if cfg.Spec != nil {
+		ann, ok = cfg.Spec.Annotations[NetNSAnnotation]
 	}
-	ann, ok := cfg.Spec.Annotations[NetNSAnnotation]
-	if !ok {
-		return path, id, nil
-	}
-	if !cfg.Settings.TrustNetNSAnnotation {
+	switch {
+	case !ok:
+		return path, f, nil
+	case !cfg.Settings.TrustNetNSAnnotation:
 		log.WithField("annotation", NetNSAnnotation).Debug("netns annotation present but not trusted by configuration; ignored")
-		return path, id, nil
+		return path, f, nil
 	}
-	if err := validateAnnotatedNetNS(ann, id); err != nil {
+	af, err := openAnnotatedNetNS(ann, f.ID())
+	if err != nil {
 		log.WithField("annotation", NetNSAnnotation).WithError(err).Warn("netns annotation refused; watching the sandbox's own netns")
-		return path, id, nil
+		return path, f, nil
 	}
-	return ann, id, nil
+	f.Close()
+	return ann, af, nil
 }

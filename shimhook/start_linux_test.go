@@ -212,7 +212,7 @@ func TestStartAttachesConfiguredEndpoint(t *testing.T) {
 	if inf.Name != "eth0" || inf.Type != "veth" || !slices.Equal(startAddrs(inf), []string{ep.cidr}) {
 		t.Errorf("AddInterface(%+v) addresses %s, want eth0 veth with %s", inf, startAddrs(inf), ep.cidr)
 	}
-	if got := m.Attached(); !slices.Equal(got, []string{"eth0"}) {
+	if got := m.NICNames(); !slices.Equal(got, []string{"eth0"}) {
 		t.Errorf("Attached = %v, want [eth0]", got)
 	}
 	routes := fs.CallsOf(hotplugtest.OpUpdateRoutes)
@@ -330,27 +330,29 @@ func TestStartNetNone(t *testing.T) {
 	}
 }
 
-// TestStartNotMonitored: every case where Start must return (nil, nil)
-// without starting anything or calling the sandbox.
+// TestStartNotMonitored: every case where Start declines (ErrNotMonitored,
+// with the reason in the error) or fails before starting anything: the
+// sandbox is never called and no netns watch starts.
 func TestStartNotMonitored(t *testing.T) {
 	e := newStartEnv(t)
 	ep := e.endpoint(t, 2)
 	ep.configure("eth0", true) // something to attach, were it monitored
 	tests := []struct {
-		name string
-		mod  func(*Config)
-		log  string // a log message saying why, when one is promised
+		name    string
+		mod     func(*Config)
+		failure bool   // a failure, not ErrNotMonitored
+		why     string // what the error says
 	}{
-		{"not Docker", func(c *Config) { c.Namespace = "k8s.io" }, "not a Docker sandbox"},
-		{"disabled", func(c *Config) { c.Settings.Enabled = false }, "disabled by configuration"},
-		{"--net=host", func(c *Config) { c.Spec = specWithNet("", false) }, "not a Docker sandbox"},
-		{"--net=container", func(c *Config) { c.Spec = specWithNet("/proc/1/ns/net", true) }, "not a Docker sandbox"},
-		{"the shim's own netns", func(c *Config) { c.NetNSPath = "/proc/self/ns/net" }, "cannot tell which netns to watch"},
+		{"not Docker", func(c *Config) { c.Namespace = "k8s.io" }, false, "not a Docker sandbox"},
+		{"disabled", func(c *Config) { c.Settings.Enabled = false }, false, "disabled by configuration"},
+		{"--net=host", func(c *Config) { c.Spec = specWithNet("", false) }, false, "not a Docker sandbox"},
+		{"--net=container", func(c *Config) { c.Spec = specWithNet("/proc/1/ns/net", true) }, false, "not a Docker sandbox"},
+		{"the shim's own netns", func(c *Config) { c.NetNSPath = "/proc/self/ns/net" }, false, "the shim's own netns"},
 		{"no hotplug capability", func(c *Config) {
 			c.Sandbox = &hotplugtest.FakeSandbox{Caps: &hotplug.Capabilities{}}
-		}, "the hypervisor cannot hot-plug NICs"},
-		{"no netns at all", func(c *Config) { c.NetNSPath = "" }, "cannot tell which netns to watch"},
-		{"netns path missing", func(c *Config) { c.NetNSPath = "/run/netns/knm-missing" }, "cannot tell which netns to watch"},
+		}, false, "cannot hot-plug"},
+		{"no netns at all", func(c *Config) { c.NetNSPath = "" }, true, "neither a netns path nor a hypervisor pid"},
+		{"netns path missing", func(c *Config) { c.NetNSPath = "/run/netns/knm-missing" }, true, "no such file"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -359,10 +361,17 @@ func TestStartNotMonitored(t *testing.T) {
 			fs := &hotplugtest.FakeSandbox{}
 			cfg := e.config(fs)
 			tc.mod(&cfg)
+			cfg.Settings.FailStartOnAttachError = true
 			m, err := Start(context.Background(), cfg)
-			if m != nil || err != nil {
+			if m != nil || err == nil {
 				m.Stop(context.Background())
-				t.Fatalf("Start = %v, %v; want nil, nil", m, err)
+				t.Fatalf("Start = %v, %v; want nil and an error", m, err)
+			}
+			if errors.Is(err, ErrNotMonitored) == tc.failure || !strings.Contains(err.Error(), tc.why) {
+				t.Errorf("Start: %v; want it to say %q and ErrNotMonitored %v", err, tc.why, !tc.failure)
+			}
+			if FailsStart(err, cfg.Settings) != tc.failure {
+				t.Errorf("FailsStart = %v with FailStartOnAttachError set, want %v", !tc.failure, tc.failure)
 			}
 			if c := fs.Calls(); len(c) != 0 {
 				t.Errorf("sandbox called: %v", fs.Ops())
@@ -370,14 +379,46 @@ func TestStartNotMonitored(t *testing.T) {
 			if s, ok := cfg.Sandbox.(*hotplugtest.FakeSandbox); ok && len(s.Calls()) != 0 {
 				t.Errorf("sandbox called: %v", s.Ops())
 			}
-			if _, ok := e.log.find(tc.log); !ok {
-				t.Errorf("no log %q:%s", tc.log, e.log.dump())
-			}
 			if _, ok := e.log.find("watching"); ok {
 				t.Error("the netns watch started")
 			}
 		})
 	}
+}
+
+// panicSandbox panics when asked for its capabilities: a bug anywhere
+// under Start.
+type panicSandbox struct{ *hotplugtest.FakeSandbox }
+
+func (panicSandbox) Capabilities() hotplug.Capabilities { panic("knm-test: boom") }
+
+// TestStartPanic: a panic under Start is recovered and returned as a
+// failure (ErrPanicked), which fails the container's Start only when the
+// operator asked for that.
+func TestStartPanic(t *testing.T) {
+	leakCheck(t)
+	e := newStartEnv(t)
+	cfg := e.config(panicSandbox{&hotplugtest.FakeSandbox{}})
+	m, err := Start(context.Background(), cfg)
+	if m != nil || !errors.Is(err, ErrPanicked) || !strings.Contains(err.Error(), "knm-test: boom") {
+		t.Fatalf("Start = %v, %v; want nil and ErrPanicked", m, err)
+	}
+	if FailsStart(err, cfg.Settings) {
+		t.Error("FailsStart without FailStartOnAttachError")
+	}
+	cfg.Settings.FailStartOnAttachError = true
+	if !FailsStart(err, cfg.Settings) {
+		t.Error("FailsStart false with FailStartOnAttachError")
+	}
+	if le, ok := e.log.find("kata-netmon panicked in Start"); !ok || le.level != logrus.ErrorLevel || le.fields["stack"] == nil {
+		t.Errorf("no error line with the stack:%s", e.log.dump())
+	}
+	// The netns was given up: a second Start may watch it.
+	m, err = Start(context.Background(), e.config(&hotplugtest.FakeSandbox{}))
+	if err != nil {
+		t.Fatalf("Start after the panic: %v", err)
+	}
+	m.Stop(context.Background())
 }
 
 // TestStartFirstAttachFails: by default a failed first attach is logged and
@@ -524,8 +565,8 @@ func TestStopNil(t *testing.T) {
 	if err := m.Stop(context.Background()); err != nil {
 		t.Errorf("nil Stop = %v", err)
 	}
-	if a := m.Attached(); a != nil {
-		t.Errorf("nil Attached = %v", a)
+	if a := m.NICNames(); a != nil {
+		t.Errorf("nil NICNames = %v", a)
 	}
 }
 
@@ -552,11 +593,11 @@ func TestStartHypervisorExit(t *testing.T) {
 		t.Fatal(err)
 	}
 	select {
-	case <-m.done:
+	case <-m.mon.Done():
 	case <-time.After(startWait):
 		t.Fatal("monitor still running after the hypervisor exited")
 	}
-	if _, ok := e.log.find("hypervisor exited"); !ok {
+	if _, ok := e.log.find("the watched process exited"); !ok {
 		t.Errorf("no log about the exit:%s", e.log.dump())
 	}
 }

@@ -27,9 +27,11 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/kata-netmon/kata-netmon/hotplug"
-	"github.com/kata-netmon/kata-netmon/internal/procwatch"
-	"github.com/kata-netmon/kata-netmon/netmon"
+	"github.com/kata-netmon/kata-netmon/internal/monitor"
+	"github.com/kata-netmon/kata-netmon/internal/recording"
 )
 
 func main() {
@@ -101,72 +103,57 @@ type watchConfig struct {
 	scan         bool   // also accept any named or process netns as the peers' netns
 	readyTimeout time.Duration
 	log          *logrus.Entry
-	print        func(hotplug.Event)
+	print        func(recording.Event)
 }
 
-// watch runs monitor + reconciler against a recording sandbox until ctx
-// ends, the process exits (pid), or the netns can no longer be watched.
+// watch runs the monitor against a recording sandbox until ctx ends, the
+// process exits (pid), or the netns can no longer be watched.
 func watch(ctx context.Context, c watchConfig) error {
-	var exited <-chan struct{}
 	if c.pid != 0 {
-		w, err := procwatch.Open(c.pid)
-		if err != nil {
+		// Fail early and clearly for a pid that is not there.
+		if err := unix.Kill(c.pid, 0); err != nil && !errors.Is(err, unix.EPERM) {
 			return fmt.Errorf("--pid %d: %w", c.pid, err)
 		}
-		defer w.Close()
-		exited = w.Exited()
 	}
-	mon, err := netmon.New(netmon.Config{
+	sb := &recording.Sandbox{
+		Caps:    hotplug.Capabilities{HotplugNIC: true, HotUnplugNIC: true},
+		OnEvent: c.print,
+	}
+	m, err := monitor.Start(ctx, monitor.Config{
 		NetNSPath:    c.path,
 		DockerdNetNS: c.dockerdNetNS,
 		ScanNetNS:    c.scan,
+		Sandbox:      sb,
+		ExitPID:      c.pid,
 		Log:          c.log,
 	})
 	if err != nil {
 		return err
 	}
-	defer mon.Close()
-	sb := &hotplug.RecordingSandbox{
-		Caps:    hotplug.Capabilities{HotplugNIC: true, HotUnplugNIC: true},
-		OnEvent: c.print,
-	}
-	rec, err := hotplug.New(hotplug.Config{Sandbox: sb, Source: mon, Log: c.log})
-	if err != nil {
-		return err
-	}
-	if err := mon.Start(ctx); err != nil {
-		return fmt.Errorf("watch %s: %w", c.path, err)
-	}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	go func() {
-		select {
-		case <-exited:
-			c.log.Info("process exited; stopping")
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
-	sctx, scancel := context.WithTimeout(ctx, c.readyTimeout)
-	st, err := rec.Sync(sctx)
-	scancel()
+	defer m.Stop(context.Background())
+	sctx, cancel := context.WithTimeout(ctx, c.readyTimeout)
+	st, err := m.Sync(sctx)
+	cancel()
 	if err != nil && !errors.Is(err, hotplug.ErrNotSettled) {
 		return err
 	}
-	c.log.WithField("attached", len(st.Attached)).WithField("pending", st.Pending).Info("first reconcile done")
-	if err := rec.Run(ctx); err != nil {
-		return err
+	c.log.WithFields(logrus.Fields{"attached": len(st.NICs), "pending": st.Pending}).Info("first reconcile done")
+	m.Run()
+	select {
+	case <-ctx.Done():
+		return nil
+	case <-m.Done():
 	}
-	if err := mon.Err(); err != nil {
+	if err := m.Err(); err != nil && !errors.Is(err, monitor.ErrProcessExited) {
 		return err
 	}
 	return nil
 }
 
 // printer prints events as JSON lines or as human lines.
-func printer(w io.Writer, asJSON bool) func(hotplug.Event) {
+func printer(w io.Writer, asJSON bool) func(recording.Event) {
 	enc := json.NewEncoder(w)
-	return func(e hotplug.Event) {
+	return func(e recording.Event) {
 		if asJSON {
 			_ = enc.Encode(e)
 			return

@@ -25,7 +25,7 @@ import (
 	"go.uber.org/goleak"
 	"golang.org/x/sys/unix"
 
-	"github.com/kata-netmon/kata-netmon/internal/nsdo"
+	"github.com/kata-netmon/kata-netmon/internal/nsfs"
 	"github.com/kata-netmon/kata-netmon/netmon/netmontest"
 )
 
@@ -181,7 +181,7 @@ func (e *watchEnv) bridge(t *testing.T, gws ...string) string {
 func (e *watchEnv) process(t *testing.T) (*exec.Cmd, <-chan struct{}) {
 	t.Helper()
 	cmd := exec.Command("sleep", "3600")
-	if err := nsdo.Do(e.SandboxPath, cmd.Start); err != nil {
+	if err := nsfs.DoPath(e.SandboxPath, cmd.Start); err != nil {
 		t.Fatalf("start a process in the sandbox netns: %v", err)
 	}
 	exited := make(chan struct{})

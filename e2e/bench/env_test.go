@@ -25,7 +25,7 @@ import (
 	"github.com/kata-netmon/kata-netmon/e2e/internal/shimcfg"
 	"github.com/kata-netmon/kata-netmon/hotplug"
 	"github.com/kata-netmon/kata-netmon/hotplug/hotplugtest"
-	"github.com/kata-netmon/kata-netmon/internal/nsdo"
+	"github.com/kata-netmon/kata-netmon/internal/nsfs"
 	"github.com/kata-netmon/kata-netmon/netmon/netmontest"
 	"github.com/kata-netmon/kata-netmon/shimhook"
 )
@@ -190,7 +190,7 @@ type tap struct {
 func openTap(b *testing.B, nsPath string, groups uint32) *tap {
 	b.Helper()
 	t := &tap{fd: -1, done: make(chan struct{})}
-	err := nsdo.Do(nsPath, func() error {
+	err := nsfs.DoPath(nsPath, func() error {
 		fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_ROUTE)
 		if err != nil {
 			return err

@@ -199,7 +199,7 @@ func startInProcess(t *testing.T, d *daemon, pid int) *monitor {
 	if err != nil {
 		t.Fatalf("%s: Sync: %v", m.name, err)
 	}
-	t.Logf("%s: Sync attached %d in %v", m.name, len(st.Attached), time.Since(start).Round(time.Millisecond))
+	t.Logf("%s: Sync attached %d in %v", m.name, len(st.NICs), time.Since(start).Round(time.Millisecond))
 	running = true
 	go func() { runDone <- rec.Run(ctx) }()
 	return m
@@ -248,7 +248,7 @@ func startShimhook(t *testing.T, d *daemon, ctr string, pid int) *monitor {
 	if sm == nil {
 		t.Fatalf("shimhook.Start did not monitor container %s; log:\n%s", ctr, m.logs.String())
 	}
-	t.Logf("%s: shimhook.Start attached %v in %v", m.name, sm.Attached(), time.Since(start).Round(time.Millisecond))
+	t.Logf("%s: shimhook.Start attached %v in %v", m.name, sm.NICNames(), time.Since(start).Round(time.Millisecond))
 	m.stop = func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()

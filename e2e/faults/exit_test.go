@@ -96,12 +96,12 @@ func TestTargetExits(t *testing.T) {
 	cfg.HypervisorPID = target.pid
 	base := runtime.NumGoroutine()
 	m := startShim(t, cfg)
-	if got := m.Attached(); len(got) != 1 {
+	if got := m.NICNames(); len(got) != 1 {
 		t.Fatalf("Attached = %v", got)
 	}
 	target.kill(t)
 	waitUntil(t, waitTimeout, "the monitor to stop by itself", func() (bool, string) {
-		return len(e.log.Entries(logrus.InfoLevel, "hypervisor exited")) == 1 && runtime.NumGoroutine() <= base,
+		return len(e.log.Entries(logrus.InfoLevel, "the watched process exited; stopping")) == 1 && runtime.NumGoroutine() <= base,
 			fmt.Sprintf("%d goroutines (%d before Start); log:%s", runtime.NumGoroutine(), base, e.log.Dump(logrus.InfoLevel))
 	})
 	checkQuiet(t, e, id, nil)
@@ -155,7 +155,7 @@ func TestNetNSLosesAllLinks(t *testing.T) {
 	d := e.startDirect(t, fs, id, nil)
 	eps := []*endpoint{e.addEndpoint(t, "eth0", true), e.addEndpoint(t, "eth1", false)}
 	waitUntil(t, waitTimeout, "both attached", func() (bool, string) {
-		return len(d.Reconciler.Attached()) == 2, fmt.Sprint(fs.Ops())
+		return len(d.Reconciler.NICs()) == 2, fmt.Sprint(fs.Ops())
 	})
 	for _, ep := range eps {
 		if err := ep.Host.LinkDel(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Index: ep.HostIndex}}); err != nil {
@@ -163,7 +163,7 @@ func TestNetNSLosesAllLinks(t *testing.T) {
 		}
 	}
 	waitUntil(t, waitTimeout, "both detached", func() (bool, string) {
-		return len(d.Reconciler.Attached()) == 0 && len(fs.GuestMACs()) == 0, fmt.Sprint(fs.Ops())
+		return len(d.Reconciler.NICs()) == 0 && len(fs.GuestMACs()) == 0, fmt.Sprint(fs.Ops())
 	})
 	checkQuiet(t, e, id, d.Passes)
 	// The netns loses its name too; nothing tells the monitor (its own

@@ -119,7 +119,7 @@ func TestHostileLinks(t *testing.T) {
 	}
 	real := e.addEndpoint(t, "eth5", true)
 	waitUntil(t, waitTimeout, "the real endpoint attached", func() (bool, string) {
-		return slices.Equal(m.Attached(), []string{"eth5"}), fmt.Sprintf("attached %v, calls %v", m.Attached(), fs.Ops())
+		return slices.Equal(m.NICNames(), []string{"eth5"}), fmt.Sprintf("attached %v, calls %v", m.NICNames(), fs.Ops())
 	})
 	// A second real endpoint given the same MAC (docker network connect
 	// --mac-address): Kata tells NICs apart by MAC only, so it is refused

@@ -56,8 +56,8 @@ func TestSandboxFailsThenRecovers(t *testing.T) {
 	peak := peakGoroutines(stop)
 	m := startShim(t, cfg)
 	waitUntil(t, waitTimeout, "the attach after the failures", func() (bool, string) {
-		return slices.Equal(m.Attached(), []string{"eth0"}) && slices.Contains(fs.GuestMACs(), ep.MAC.String()),
-			fmt.Sprintf("attached %v, guest %v", m.Attached(), fs.GuestMACs())
+		return slices.Equal(m.NICNames(), []string{"eth0"}) && slices.Contains(fs.GuestMACs(), ep.MAC.String()),
+			fmt.Sprintf("attached %v, guest %v", m.NICNames(), fs.GuestMACs())
 	})
 	close(stop)
 	mu.Lock()
@@ -89,7 +89,7 @@ func TestSandboxFailsThenRecovers(t *testing.T) {
 	if got := metric(t, e.reg, "kata_netmon_interfaces_attached", id); got != 1 {
 		t.Errorf("interfaces_attached = %v, want 1", got)
 	}
-	if errs := e.log.Entries(logrus.ErrorLevel, `attach "eth0"`); len(errs) != failures {
+	if errs := e.log.Entries(logrus.ErrorLevel, "attach failed"); len(errs) != failures {
 		t.Errorf("%d attach error logs, want %d:%s", len(errs), failures, e.log.Dump(logrus.WarnLevel))
 	}
 	checkLogFields(t, e.log)
@@ -117,7 +117,8 @@ func TestSandboxDead(t *testing.T) {
 			fs := &hotplugtest.FakeSandbox{}
 			fs.AddInterfaceFn = func(_ context.Context, inf *hotplug.Interface) (*hotplug.Interface, error) {
 				if dead.Load() {
-					return nil, errors.New(tc.err)
+					// What Kata's adapter returns for Kata's error.
+					return nil, fmt.Errorf("%w: %s", hotplug.ErrSandboxDead, tc.err)
 				}
 				return fs.GuestAddInterface(inf)
 			}
@@ -126,7 +127,7 @@ func TestSandboxDead(t *testing.T) {
 			base := runtime.NumGoroutine()
 			m := startShim(t, cfg)
 			if !tc.atStart {
-				if got := m.Attached(); !slices.Equal(got, []string{"eth0"}) {
+				if got := m.NICNames(); !slices.Equal(got, []string{"eth0"}) {
 					t.Fatalf("Attached = %v before the agent died", got)
 				}
 				dead.Store(true)
@@ -191,7 +192,7 @@ func TestSandboxHangs(t *testing.T) {
 		if got := metric(t, e.reg, "kata_netmon_sandbox_calls_total", id, "op", "AddInterface", "outcome", "abandoned"); got != 1 {
 			t.Errorf("AddInterface abandoned = %v, want 1", got)
 		}
-		if n := len(e.log.Entries(logrus.ErrorLevel, "did not return within")); n != 1 {
+		if n := len(e.log.Entries(logrus.ErrorLevel, "sandbox call did not return in time")); n != 1 {
 			t.Errorf("%d logs of the abandoned call, want 1:%s", n, e.log.Dump(logrus.WarnLevel))
 		}
 		release()
@@ -222,7 +223,7 @@ func TestSandboxHangs(t *testing.T) {
 		case <-time.After(waitTimeout):
 			t.Fatalf("no AddInterface: %v", fs.Ops())
 		}
-		if _, err := e.log.Wait(waitTimeout, logrus.ErrorLevel, "did not return within", 1); err != nil {
+		if _, err := e.log.Wait(waitTimeout, logrus.ErrorLevel, "sandbox call did not return in time", 1); err != nil {
 			t.Fatal(err)
 		}
 		calls := len(fs.Calls())
@@ -292,17 +293,17 @@ func TestSandboxHangs(t *testing.T) {
 		t.Logf("Stop took %v: %v", time.Since(begin).Round(time.Millisecond), err)
 		// Abandoned by Stop, an hour before its deadline: the log says so
 		// and does not blame the deadline.
-		if n := len(e.log.Entries(logrus.WarnLevel, "still running when the monitor stopped")); n != 1 {
+		if n := len(e.log.Entries(logrus.WarnLevel, "sandbox call still running when the monitor stopped")); n != 1 {
 			t.Errorf("%d logs of the call abandoned by Stop, want 1:%s", n, e.log.Dump(logrus.WarnLevel))
 		}
-		if n := len(e.log.Entries(logrus.ErrorLevel, "did not return within")); n != 0 {
+		if n := len(e.log.Entries(logrus.ErrorLevel, "sandbox call did not return in time")); n != 0 {
 			t.Errorf("%d logs blame a deadline that never passed:%s", n, e.log.Dump(logrus.WarnLevel))
 		}
 		waitUntil(t, waitTimeout, "only the hung call left", func() (bool, string) {
 			n := runtime.NumGoroutine()
 			return n == base+1, fmt.Sprintf("%d goroutines, %d before Start", n, base)
 		})
-		if g := goroutineStacks("hotplug.(*Reconciler).call", "FakeSandbox).AddInterface"); len(g) != 1 {
+		if g := goroutineStacks("hotplug.(*caller).do", "FakeSandbox).AddInterface"); len(g) != 1 {
 			t.Errorf("%d hung call goroutines, want 1:\n%s", len(g), strings.Join(g, "\n\n"))
 		}
 		if err2 := m.Stop(context.Background()); err2 != err {

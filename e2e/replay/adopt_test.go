@@ -132,8 +132,8 @@ func TestAlreadyAttached(t *testing.T) {
 			if got, want := fs.GuestMACs(), slices.Sorted(slices.Values([]string{mac.String(), marker.MAC.String()})); !slices.Equal(got, want) {
 				t.Errorf("guest MACs %v, want %v (each once)", got, want)
 			}
-			if !slices.ContainsFunc(mon.Reconciler.Attached(), func(a matcher.Attached) bool { return a.Index == ep.Index && a.MAC == mac.String() }) {
-				t.Errorf("eth0 not adopted: attached %+v", mon.Reconciler.Attached())
+			if !slices.ContainsFunc(mon.Reconciler.NICs(), func(a matcher.GuestNIC) bool { return a.Index == ep.Index && a.MAC == mac.String() }) {
+				t.Errorf("eth0 not adopted: attached %+v", mon.Reconciler.NICs())
 			}
 		})
 	}

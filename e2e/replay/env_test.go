@@ -17,7 +17,7 @@ import (
 	"github.com/kata-netmon/kata-netmon/e2e/internal/direct"
 	"github.com/kata-netmon/kata-netmon/hotplug"
 	"github.com/kata-netmon/kata-netmon/hotplug/hotplugtest"
-	"github.com/kata-netmon/kata-netmon/internal/nsdo"
+	"github.com/kata-netmon/kata-netmon/internal/nsfs"
 	"github.com/kata-netmon/kata-netmon/netmon"
 	"github.com/kata-netmon/kata-netmon/netmon/netmontest"
 )
@@ -246,7 +246,7 @@ func (e *env) implied(t *testing.T) (macs []string, routes []hotplugtest.EventRo
 // (nsdo.Do), failing the test on an error.
 func inNetNS(t *testing.T, path string, fn func() error) {
 	t.Helper()
-	if err := nsdo.Do(path, fn); err != nil {
+	if err := nsfs.DoPath(path, fn); err != nil {
 		t.Fatal(err)
 	}
 }

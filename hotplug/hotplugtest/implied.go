@@ -36,7 +36,7 @@ func Implied(t testing.TB, sandboxPath, dockerdPath string) (macs []string, rout
 	}
 	slices.Sort(macs)
 	for _, r := range matcher.Routes(snap, devices) {
-		routes = append(routes, hotplug.RouteFromNetmon(r, names[r.LinkIndex]))
+		routes = append(routes, hotplug.RouteFromView(r, names[r.LinkIndex]))
 	}
 	return macs, routes
 }

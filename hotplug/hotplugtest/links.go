@@ -135,3 +135,9 @@ func KernelRoute(dst string, dev int) view.Route {
 	r.Scope = 253
 	return r
 }
+
+// KernelLink is what Source.LinkByName returns for an up veth with index and
+// MAC: for LinkByNameFn overrides that model a kernel ahead of the view.
+func KernelLink(index int, mac string) *view.Link {
+	return &view.Link{Index: index, Kind: "veth", MAC: MAC(mac), MTU: 1500, RawFlags: UpRunning, OperState: "up"}
+}

@@ -1,20 +1,13 @@
 package hotplugtest
 
 import (
-	"errors"
 	"fmt"
-	"net"
-	"slices"
 	"sync"
 
 	"github.com/kata-netmon/kata-netmon/netmon/view"
 
 	"github.com/kata-netmon/kata-netmon/hotplug"
 )
-
-// ErrLinkNotFound is what FakeSource.LinkByName wraps when no link carries
-// the name.
-var ErrLinkNotFound = errors.New("link not found")
 
 // FakeSource is a hotplug.Source for tests: a snapshot the test replaces
 // (Set, Update), a capacity-1 Changed channel that coalesces signals like
@@ -25,18 +18,22 @@ var ErrLinkNotFound = errors.New("link not found")
 // All methods are safe for concurrent use. Set LinkByNameFn only while no
 // reconciler is running.
 type FakeSource struct {
-	LinkByNameFn func(name string) (index int, mac net.HardwareAddr, err error)
+	LinkByNameFn func(name string) (*view.Link, error)
 
 	changed   chan struct{} // capacity 1; sent to by Set, never closed
 	done      chan struct{} // closed by Close
 	closeOnce sync.Once
 
-	mu    sync.Mutex // guards snap and reads
+	mu    sync.Mutex // guards snap, reads and ups
 	snap  *view.Snapshot
 	reads int
+	ups   int
 }
 
-var _ hotplug.Source = (*FakeSource)(nil)
+var (
+	_ hotplug.Source    = (*FakeSource)(nil)
+	_ hotplug.LinkUpper = (*FakeSource)(nil)
+)
 
 // NewFakeSource returns a source whose first snapshot holds links (and no
 // routes), at generation 1.
@@ -75,9 +72,9 @@ func (s *FakeSource) Done() <-chan struct{} { return s.done }
 // Close ends the watch: Done is closed. Idempotent.
 func (s *FakeSource) Close() { s.closeOnce.Do(func() { close(s.done) }) }
 
-// LinkByName implements hotplug.Source: LinkByNameFn when set, otherwise the
-// current snapshot's link of that name.
-func (s *FakeSource) LinkByName(name string) (int, net.HardwareAddr, error) {
+// LinkByName implements hotplug.Source: LinkByNameFn when set, otherwise a
+// copy of the current snapshot's link of that name (nil when none).
+func (s *FakeSource) LinkByName(name string) (*view.Link, error) {
 	if s.LinkByNameFn != nil {
 		return s.LinkByNameFn(name)
 	}
@@ -85,9 +82,35 @@ func (s *FakeSource) LinkByName(name string) (int, net.HardwareAddr, error) {
 	l := s.snap.LinkByName(name)
 	s.mu.Unlock()
 	if l == nil {
-		return 0, nil, fmt.Errorf("%q: %w", name, ErrLinkNotFound)
+		return nil, nil
 	}
-	return l.Index, slices.Clone(l.MAC), nil
+	return l.Clone(), nil
+}
+
+// SetLinkUp implements hotplug.LinkUpper: it sets the flags of the link at
+// index up in the view (as the kernel would then report) and counts.
+func (s *FakeSource) SetLinkUp(index int) error {
+	found := false
+	s.Update(func(snap *view.Snapshot) {
+		if l := snap.Links[index]; l != nil {
+			l.RawFlags |= view.FlagUp | view.FlagRunning | view.FlagLowerUp
+			found = true
+		}
+	})
+	if !found {
+		return fmt.Errorf("no link with ifindex %d", index)
+	}
+	s.mu.Lock()
+	s.ups++
+	s.mu.Unlock()
+	return nil
+}
+
+// Ups returns how many times SetLinkUp succeeded.
+func (s *FakeSource) Ups() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.ups
 }
 
 // Set replaces the view with snap (which the source now owns), with the
@@ -110,36 +133,10 @@ func (s *FakeSource) Set(snap *view.Snapshot) {
 // snapshots handed out earlier stay untouched.
 func (s *FakeSource) Update(fn func(*view.Snapshot)) {
 	s.mu.Lock()
-	c := Clone(s.snap)
+	c := s.snap.Clone()
 	s.mu.Unlock()
 	fn(c)
 	s.Set(c)
-}
-
-// Clone deep-copies a snapshot.
-func Clone(s *view.Snapshot) *view.Snapshot {
-	c := &view.Snapshot{
-		Links:      make(map[int]*view.Link, len(s.Links)),
-		Routes:     slices.Clone(s.Routes),
-		Generation: s.Generation,
-		Resyncs:    s.Resyncs,
-	}
-	for i, l := range s.Links {
-		c.Links[i] = CloneLink(l)
-	}
-	return c
-}
-
-// CloneLink deep-copies a link.
-func CloneLink(l *view.Link) *view.Link {
-	c := *l
-	c.MAC = slices.Clone(l.MAC)
-	c.Addrs = slices.Clone(l.Addrs)
-	if l.Peer != nil {
-		p := *l.Peer
-		c.Peer = &p
-	}
-	return &c
 }
 
 // Snapshot builds a snapshot of links (keyed by their Index) and no routes.

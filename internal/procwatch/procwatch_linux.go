@@ -19,7 +19,12 @@ type Watch struct {
 }
 
 // Open starts watching pid. It fails if the process does not exist.
-func Open(pid int) (*Watch, error) {
+func Open(pid int) (*Watch, error) { return OpenFunc(pid, nil) }
+
+// OpenFunc is Open, and calls onExit (when not nil) from the watching
+// goroutine right after Exited is closed: a caller that only needs to cancel
+// something needs no goroutine of its own to wait for it.
+func OpenFunc(pid int, onExit func()) (*Watch, error) {
 	if pid <= 0 {
 		return nil, fmt.Errorf("watch pid %d: not a process id", pid)
 	}
@@ -50,6 +55,9 @@ func Open(pid int) (*Watch, error) {
 		// broken fd, reported as an exit rather than watched forever.
 		if err == nil || !w.closing.Load() {
 			close(w.exited)
+			if onExit != nil {
+				onExit()
+			}
 		}
 	}()
 	return w, nil

@@ -10,6 +10,9 @@ type Watch struct{}
 // Open fails on this OS.
 func Open(pid int) (*Watch, error) { return nil, errors.New("procwatch: pidfd needs Linux") }
 
+// OpenFunc fails on this OS.
+func OpenFunc(pid int, onExit func()) (*Watch, error) { return Open(pid) }
+
 // Exited never closes.
 func (w *Watch) Exited() <-chan struct{} { return nil }
 

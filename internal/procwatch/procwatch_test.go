@@ -20,7 +20,8 @@ func TestExitIsSeen(t *testing.T) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	w, err := Open(cmd.Process.Pid)
+	called := make(chan struct{})
+	w, err := OpenFunc(cmd.Process.Pid, func() { close(called) })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -28,16 +29,20 @@ func TestExitIsSeen(t *testing.T) {
 	select {
 	case <-w.Exited():
 		t.Fatal("reported exit of a running process")
+	case <-called:
+		t.Fatal("onExit called for a running process")
 	default:
 	}
 	if err := cmd.Process.Kill(); err != nil {
 		t.Fatal(err)
 	}
 	_ = cmd.Wait()
-	select {
-	case <-w.Exited():
-	case <-time.After(10 * time.Second):
-		t.Fatal("exit not reported within 10s")
+	for _, ch := range []<-chan struct{}{w.Exited(), called} {
+		select {
+		case <-ch:
+		case <-time.After(10 * time.Second):
+			t.Fatal("exit not reported within 10s")
+		}
 	}
 }
 

@@ -202,7 +202,7 @@ func (d *demo) main() {
 			d.r.Errorf("monitor Stop: %v", err)
 		}
 	})
-	p.ok("Start returned after %v with %v attached: the workload would start now", time.Since(t0).Round(time.Millisecond), d.mon.Attached())
+	p.ok("Start returned after %v with %v attached: the workload would start now", time.Since(t0).Round(time.Millisecond), d.mon.NICNames())
 	if add := d.sb.CallsOf("AddInterface"); len(add) > 0 {
 		p.ok("hot-plug of eth0: %s", phases(add[len(add)-1]))
 	}
@@ -258,7 +258,7 @@ func (d *demo) main() {
 		d.r.Fatalf("%v", err)
 	}
 	p.ok("QEMU logged no tun/tap error (the NIC left the guest before its tap was removed)")
-	if got := d.mon.Attached(); !slices.Equal(got, []string{"eth0"}) {
+	if got := d.mon.NICNames(); !slices.Equal(got, []string{"eth0"}) {
 		d.r.Fatalf("monitor has %v attached, want [eth0]", got)
 	}
 }

@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/kata-netmon/kata-netmon/e2e/internal/guest/guestproto"
-	"github.com/kata-netmon/kata-netmon/internal/nsdo"
+	"github.com/kata-netmon/kata-netmon/internal/nsfs"
 )
 
 // The client side of Agent.ServeToken: a test proves that traffic reached
@@ -23,7 +23,7 @@ import (
 // and dies with its goroutine. timeout bounds the connect.
 func DialFrom(ctx context.Context, nsPath, addr string, timeout time.Duration) (net.Conn, error) {
 	var c net.Conn
-	err := nsdo.Do(nsPath, func() error {
+	err := nsfs.DoPath(nsPath, func() error {
 		dctx, cancel := context.WithTimeout(ctx, timeout)
 		defer cancel()
 		var d net.Dialer

@@ -14,7 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/kata-netmon/kata-netmon/hotplug"
-	"github.com/kata-netmon/kata-netmon/internal/nsdo"
+	"github.com/kata-netmon/kata-netmon/internal/nsfs"
 )
 
 // AddInterface: Kata 4.1's hot-plug of a sandbox link into the guest.
@@ -207,7 +207,7 @@ func redirect(from, to int) *netlink.U32 {
 // goroutine.
 func openTap(nsPath, name string) (*os.File, error) {
 	var f *os.File
-	err := nsdo.Do(nsPath, func() error {
+	err := nsfs.DoPath(nsPath, func() error {
 		var err error
 		f, err = tunSetIff(name)
 		return err

@@ -1,4 +1,4 @@
-package hotplug
+package recording
 
 import (
 	"context"
@@ -6,9 +6,11 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+
+	"github.com/kata-netmon/kata-netmon/hotplug"
 )
 
-// Event is one call a RecordingSandbox received, in the form the watch
+// Event is one call a Sandbox received, in the form the watch
 // command prints with --json.
 type Event struct {
 	Op        string       `json:"op"` // "attach", "detach" or "routes"
@@ -26,53 +28,53 @@ type EventRoute struct {
 	Device  string `json:"device"`
 }
 
-// RecordingSandbox is a dry-run Sandbox: it attaches nothing, keeps the guest
+// Sandbox is a dry-run hotplug.Sandbox: it attaches nothing, keeps the guest
 // Kata would have (interfaces by MAC, routes added or replaced and never
 // deleted) and reports every change to OnEvent. Like Kata's agent, it fails
 // a whole UpdateRoutes call that names a device the guest lacks, so a
 // monitor bug shows up here as it would in a VM. Safe for concurrent use.
-type RecordingSandbox struct {
+type Sandbox struct {
 	// Caps are the capabilities it reports; the zero value means none, so
 	// set both for a QEMU-like sandbox.
-	Caps Capabilities
+	Caps hotplug.Capabilities
 	// OnEvent, if set, is called for each change, in order, with the
 	// sandbox's lock held: it must not call back into the sandbox.
 	OnEvent func(Event)
 
 	mu     sync.Mutex
-	guest  []*Interface      // in attach order
-	routes map[string]*Route // by family+dest
+	guest  []*hotplug.Interface      // in attach order
+	routes map[string]*hotplug.Route // by family+dest
 	events []Event
 }
 
 // Events returns every event so far.
-func (s *RecordingSandbox) Events() []Event {
+func (s *Sandbox) Events() []Event {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return append([]Event(nil), s.events...)
 }
 
 // Guest returns the interfaces the guest would have now.
-func (s *RecordingSandbox) Guest() []*Interface {
+func (s *Sandbox) Guest() []*hotplug.Interface {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return append([]*Interface(nil), s.guest...)
+	return append([]*hotplug.Interface(nil), s.guest...)
 }
 
-func (s *RecordingSandbox) emit(e Event) {
+func (s *Sandbox) emit(e Event) {
 	s.events = append(s.events, e)
 	if s.OnEvent != nil {
 		s.OnEvent(e)
 	}
 }
 
-// Capabilities implements Sandbox.
-func (s *RecordingSandbox) Capabilities() Capabilities { return s.Caps }
+// Capabilities implements hotplug.Sandbox.
+func (s *Sandbox) Capabilities() hotplug.Capabilities { return s.Caps }
 
-// AddInterface implements Sandbox.
-func (s *RecordingSandbox) AddInterface(_ context.Context, inf *Interface) (*Interface, error) {
+// AddInterface implements hotplug.Sandbox.
+func (s *Sandbox) AddInterface(_ context.Context, inf *hotplug.Interface) (*hotplug.Interface, error) {
 	if !s.Caps.HotplugNIC {
-		return nil, ErrNoHotplug
+		return nil, hotplug.ErrNoHotplug
 	}
 	if inf == nil || inf.Name == "" || inf.HwAddr == "" {
 		return nil, fmt.Errorf("add interface: name and MAC are required: %+v", inf)
@@ -94,9 +96,9 @@ func (s *RecordingSandbox) AddInterface(_ context.Context, inf *Interface) (*Int
 	return c, nil
 }
 
-// RemoveInterface implements Sandbox: by MAC, and (nil, nil) whether or not
+// RemoveInterface implements hotplug.Sandbox: by MAC, and (nil, nil) whether or not
 // anything was removed, as Kata does. Routes through the NIC go with it.
-func (s *RecordingSandbox) RemoveInterface(_ context.Context, inf *Interface) (*Interface, error) {
+func (s *Sandbox) RemoveInterface(_ context.Context, inf *hotplug.Interface) (*hotplug.Interface, error) {
 	if !s.Caps.HotUnplugNIC {
 		return nil, fmt.Errorf("remove interface: hypervisor cannot hot-unplug NICs")
 	}
@@ -120,14 +122,14 @@ func (s *RecordingSandbox) RemoveInterface(_ context.Context, inf *Interface) (*
 	return nil, nil
 }
 
-// ListInterfaces implements Sandbox.
-func (s *RecordingSandbox) ListInterfaces(context.Context) ([]*Interface, error) {
+// ListInterfaces implements hotplug.Sandbox.
+func (s *Sandbox) ListInterfaces(context.Context) ([]*hotplug.Interface, error) {
 	return s.Guest(), nil
 }
 
-// UpdateRoutes implements Sandbox with the agent's semantics: add or
+// UpdateRoutes implements hotplug.Sandbox with the agent's semantics: add or
 // replace, never delete, all or nothing.
-func (s *RecordingSandbox) UpdateRoutes(_ context.Context, routes []*Route) ([]*Route, error) {
+func (s *Sandbox) UpdateRoutes(_ context.Context, routes []*hotplug.Route) ([]*hotplug.Route, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	names := map[string]bool{}
@@ -145,7 +147,7 @@ func (s *RecordingSandbox) UpdateRoutes(_ context.Context, routes []*Route) ([]*
 		}
 	}
 	if s.routes == nil {
-		s.routes = map[string]*Route{}
+		s.routes = map[string]*hotplug.Route{}
 	}
 	e := Event{Op: "routes"}
 	for _, r := range routes {
