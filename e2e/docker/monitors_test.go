@@ -18,9 +18,8 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/kata-netmon/kata-netmon/e2e/internal/watchbin"
-	"github.com/kata-netmon/kata-netmon/hotplug"
 	"github.com/kata-netmon/kata-netmon/hotplug/hotplugtest"
-	"github.com/kata-netmon/kata-netmon/netmon"
+	kmonitor "github.com/kata-netmon/kata-netmon/internal/monitor"
 	"github.com/kata-netmon/kata-netmon/netmon/netmontest"
 	"github.com/kata-netmon/kata-netmon/shimhook"
 )
@@ -141,67 +140,46 @@ func (m *monitor) logger(t *testing.T) *logrus.Entry {
 }
 
 // startInProcess runs what cmd/kata-netmon's watch does, in process: a
-// monitor on the container's netns with dockerd's netns as the only accepted
-// peer netns (no scan, as in the shim), a reconciler with an in-memory
-// sandbox, Sync, then Run until the test ends.
+// monitor (internal/monitor, the one assembly the watch command and the shim
+// share) on the container's netns with dockerd's netns as the only accepted
+// peer netns (no scan, as in the shim) and an in-memory sandbox, Sync, then
+// Run until the test ends.
 func startInProcess(t *testing.T, d *daemon, pid int) *monitor {
 	t.Helper()
 	m := newMonitor(fmt.Sprintf("monitor(pid %d)", pid))
 	m.dumpOnFailure(t)
-	log := m.logger(t)
 	m.sb = &hotplugtest.FakeSandbox{OnEvent: m.add}
-	mon, err := netmon.New(netmon.Config{NetNSPath: fmt.Sprintf("/proc/%d/ns/net", pid), DockerdNetNS: d.NetNSPath(), Log: log})
+	mon, err := kmonitor.Start(t.Context(), kmonitor.Config{
+		NetNSPath: fmt.Sprintf("/proc/%d/ns/net", pid), DockerdNetNS: d.NetNSPath(), Sandbox: m.sb, Log: m.logger(t),
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	rec, err := hotplug.New(hotplug.Config{Sandbox: m.sb, Source: mon, Log: log})
-	if err != nil {
-		mon.Close()
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	runDone := make(chan error, 1)
-	running := false
-	var once sync.Once
-	var stopErr error
 	m.stop = func() error {
-		once.Do(func() {
-			cancel()
-			if running {
-				select {
-				case err := <-runDone:
-					if err != nil {
-						stopErr = fmt.Errorf("Run: %w", err)
-					}
-				case <-time.After(10 * time.Second):
-					stopErr = fmt.Errorf("Run did not return within 10s of cancel")
-				}
-			}
-			mon.Close()
-			if err := mon.Err(); err != nil && stopErr == nil {
-				stopErr = fmt.Errorf("netmon: %w", err)
-			}
-		})
-		return stopErr
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := mon.Stop(ctx); err != nil {
+			return err
+		}
+		if err := mon.Err(); err != nil {
+			return fmt.Errorf("the monitor ended by itself: %w", err)
+		}
+		return nil
 	}
 	t.Cleanup(func() {
 		if err := m.stop(); err != nil {
 			t.Errorf("%s: stop: %v", m.name, err)
 		}
 	})
-	if err := mon.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
 	start := time.Now()
-	sctx, scancel := context.WithTimeout(ctx, waitTimeout)
-	st, err := rec.Sync(sctx)
+	sctx, scancel := context.WithTimeout(t.Context(), waitTimeout)
+	st, err := mon.Sync(sctx)
 	scancel()
 	if err != nil {
 		t.Fatalf("%s: Sync: %v", m.name, err)
 	}
 	t.Logf("%s: Sync attached %d in %v", m.name, len(st.NICs), time.Since(start).Round(time.Millisecond))
-	running = true
-	go func() { runDone <- rec.Run(ctx) }()
+	mon.Run()
 	return m
 }
 
