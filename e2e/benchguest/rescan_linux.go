@@ -101,12 +101,7 @@ func Rescan(ctx context.Context, nsPath string, sb RescanSandbox) (RescanResult,
 // scanNetNS is one scanEndpointsInNs pass: the interfaces Kata would add
 // and the guest routes it would send for them.
 func scanNetNS(nsPath string, known []katasim.Endpoint) ([]*hotplug.Interface, []*hotplug.Route, error) {
-	ns, err := netns.GetFromPath(nsPath)
-	if err != nil {
-		return nil, nil, err
-	}
-	defer ns.Close()
-	h, err := netlink.NewHandleAt(ns)
+	h, err := handleAt(nsPath)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -181,4 +176,15 @@ func alreadyAdded(name string, known []katasim.Endpoint) bool {
 		}
 	}
 	return false
+}
+
+// handleAt returns a netlink handle whose sockets are in the netns at
+// nsPath (no thread enters it); the caller closes it.
+func handleAt(nsPath string) (*netlink.Handle, error) {
+	ns, err := netns.GetFromPath(nsPath)
+	if err != nil {
+		return nil, err
+	}
+	defer ns.Close()
+	return netlink.NewHandleAt(ns)
 }

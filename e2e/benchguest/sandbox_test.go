@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"github.com/kata-netmon/kata-netmon/e2e/internal/dockerenv"
@@ -119,12 +118,7 @@ func neighForgetter(nsPath, bridge, addr string) (forget func() error, closeFn f
 		return nil, nil, err
 	}
 	ip := net.ParseIP(host)
-	ns, err := netns.GetFromPath(nsPath)
-	if err != nil {
-		return nil, nil, err
-	}
-	defer ns.Close()
-	h, err := netlink.NewHandleAt(ns)
+	h, err := handleAt(nsPath)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -215,12 +209,7 @@ func phase(c katasim.Call, name string) time.Duration {
 
 // flushNeigh deletes the IPv4 neighbour entries of bridge in the netns.
 func flushNeigh(nsPath, bridge string) error {
-	ns, err := netns.GetFromPath(nsPath)
-	if err != nil {
-		return err
-	}
-	defer ns.Close()
-	h, err := netlink.NewHandleAt(ns)
+	h, err := handleAt(nsPath)
 	if err != nil {
 		return err
 	}
