@@ -29,7 +29,7 @@ type EventRoute struct {
 }
 
 // Sandbox is a dry-run hotplug.Sandbox: it attaches nothing, keeps the guest
-// Kata would have (interfaces by MAC, routes added or replaced and never
+// Kata would have (NICs in attach order, routes added or replaced and never
 // deleted) and reports every change to OnEvent. Like Kata's agent, it fails
 // a whole UpdateRoutes call that names a device the guest lacks, so a
 // monitor bug shows up here as it would in a VM. Safe for concurrent use.
@@ -81,11 +81,9 @@ func (s *Sandbox) AddInterface(_ context.Context, inf *hotplug.Interface) (*hotp
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for _, g := range s.guest {
-		if strings.EqualFold(g.HwAddr, inf.HwAddr) || g.Name == inf.Name {
-			return nil, fmt.Errorf("add interface %q (%s): guest already has %q (%s)", inf.Name, inf.HwAddr, g.Name, g.HwAddr)
-		}
-	}
+	// Kata attaches a second NIC with a MAC or name the guest has already
+	// (virtcontainers/network_linux.go addSingleEndpoint checks neither):
+	// so does the dry run, and the event log shows the double attach.
 	c := inf.Clone()
 	s.guest = append(s.guest, c)
 	e := Event{Op: "attach", Name: inf.Name, MAC: strings.ToLower(inf.HwAddr), MTU: inf.Mtu}
@@ -96,8 +94,11 @@ func (s *Sandbox) AddInterface(_ context.Context, inf *hotplug.Interface) (*hotp
 	return c, nil
 }
 
-// RemoveInterface implements hotplug.Sandbox: by MAC, and (nil, nil) whether or not
-// anything was removed, as Kata does. Routes through the NIC go with it.
+// RemoveInterface implements hotplug.Sandbox as Kata 4.1 does
+// (virtcontainers/sandbox.go RemoveInterface): the first NIC whose MAC
+// equals inf.HwAddr as a string (Kata keeps net.HardwareAddr.String(): lower
+// case), and (nil, nil) whether or not anything was removed. Routes through
+// the NIC go with it.
 func (s *Sandbox) RemoveInterface(_ context.Context, inf *hotplug.Interface) (*hotplug.Interface, error) {
 	if !s.Caps.HotUnplugNIC {
 		return nil, fmt.Errorf("remove interface: hypervisor cannot hot-unplug NICs")
@@ -108,7 +109,7 @@ func (s *Sandbox) RemoveInterface(_ context.Context, inf *hotplug.Interface) (*h
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for i, g := range s.guest {
-		if strings.EqualFold(g.HwAddr, inf.HwAddr) {
+		if g.HwAddr == inf.HwAddr {
 			s.guest = append(s.guest[:i], s.guest[i+1:]...)
 			for k, r := range s.routes {
 				if r.Device == g.Name {
