@@ -116,7 +116,6 @@ func (r *Reconciler) attachOne(ctx context.Context, l *view.Link) {
 		}
 		return
 	}
-	linkMAC, changed := r.checkAfterAttach(l, got, log)
 	if err != nil {
 		// A failed or abandoned AddInterface may still have plugged the
 		// NIC: the next list adopts it, or dropOrphans unplugs it if the
@@ -128,6 +127,8 @@ func (r *Reconciler) attachOne(ctx context.Context, l *view.Link) {
 		r.upAgain(l, log)
 		return
 	}
+	// Only now may got be read: an abandoned call may still write it.
+	linkMAC, changed := r.checkAfterAttach(l, got, log)
 	if changed != nil {
 		r.undoAttach(ctx, l, got, changed, log)
 		return

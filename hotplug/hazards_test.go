@@ -312,3 +312,32 @@ func TestFailedAttachLinkUpAgain(t *testing.T) {
 		})
 	}
 }
+
+// An AddInterface abandoned by the caller's context returns at that very
+// moment with a result: the reconciler must not read what the abandoned
+// call writes (the race detector checks).
+func TestAbandonedAttachResultNotRead(t *testing.T) {
+	sb := &hotplugtest.FakeSandbox{}
+	sb.AddInterfaceFn = func(ctx context.Context, inf *hotplug.Interface) (*hotplug.Interface, error) {
+		<-ctx.Done()
+		return inf.Clone(), ctx.Err()
+	}
+	h := newHarness(t, sb, hotplugtest.NewFakeSource(hotplugtest.Endpoint(7, "eth0", macA, "172.18.0.2/16")))
+	h.realClock()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	started := make(chan struct{})
+	go func() {
+		defer close(started)
+		waitCalls(t, sb, opAdd, 1)
+		cancel()
+	}()
+	st, _ := h.r.Reconcile(ctx)
+	<-started
+	if len(st.NICs) != 0 {
+		t.Fatalf("status %+v: an abandoned attach counted as attached", st)
+	}
+	if hung := hotplug.HungCall(h.r); hung != nil {
+		<-hung
+	}
+}
