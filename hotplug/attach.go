@@ -84,7 +84,7 @@ func (r *Reconciler) adopt(ctx context.Context, ready []*view.Link) bool {
 		}
 		// Kata names the guest's NIC after the host link, so the host
 		// name is the one Gone and routes must use.
-		r.plugged(matcher.GuestNIC{Index: l.Index, Incarnation: l.Incarnation, Name: l.Name, MAC: mac})
+		r.plugged(matcher.GuestNIC{Index: l.Index, Incarnation: l.Incarnation, Name: l.Name, MAC: mac, Addrs: matcher.RoutableAddrs(l)})
 		delete(r.attachFail, l.Index)
 		r.linkLog(l).Info("sandbox already has this endpoint; adopted")
 	}
@@ -135,7 +135,8 @@ func (r *Reconciler) attachOne(ctx context.Context, l *view.Link) {
 	}
 	delete(r.attachFail, l.Index)
 	delete(r.refused, l.Index)
-	r.plugged(matcher.GuestNIC{Index: l.Index, Incarnation: l.Incarnation, Name: l.Name, MAC: l.MAC.String(), LinkMAC: linkMAC})
+	r.plugged(matcher.GuestNIC{Index: l.Index, Incarnation: l.Incarnation, Name: l.Name, MAC: l.MAC.String(), LinkMAC: linkMAC,
+		Addrs: matcher.RoutableAddrs(l)})
 	log.WithField("addresses", len(inf.IPAddresses)).Info("attached endpoint")
 }
 

@@ -41,13 +41,24 @@ func InterfaceFromLink(l *view.Link) *Interface {
 // RouteFromView converts a route of the sandbox netns to Kata's form, with
 // device named as the guest knows it. A default route (prefix length 0) gets
 // an empty Dest: the agent does not parse "default" or "0.0.0.0/0".
+//
+// What the agent would apply with another meaning is not sent (kata-
+// containers src/agent/src/netlink.rs update_routes): the preferred source
+// (the agent takes Source as a source prefix, making an IPv6 route
+// source-specific), and every flag but onlink with a gateway (the kernel
+// sets linkdown itself on a link without carrier and refuses it on add,
+// with dead). An IPv6 source-specific route's prefix goes in Source, which
+// the agent installs as exactly that. Metric is kept for logs and the watch
+// output: Kata's pbTypes.Route has no metric, and the agent installs every
+// route with the kernel's default, which is why matcher.Routes keeps one
+// route per destination.
 func RouteFromView(r view.Route, device string) *Route {
 	out := &Route{
 		Device: device,
 		Scope:  uint32(r.Scope),
-		Flags:  uint32(r.Flags),
 		Mtu:    uint32(r.MTU),
 		Family: FamilyV4,
+		Metric: uint32(r.Priority),
 	}
 	if r.Family == view.FamilyV6 {
 		out.Family = FamilyV6
@@ -59,9 +70,10 @@ func RouteFromView(r view.Route, device string) *Route {
 	// an IPv6 route never carries an IPv4-looking gateway.
 	if r.Gateway.IsValid() {
 		out.Gateway = r.Gateway.String()
+		out.Flags = uint32(r.Flags & view.RouteFlagOnLink)
 	}
-	if r.Src.IsValid() {
-		out.Source = r.Src.String()
+	if r.SrcPrefix.IsValid() && r.Family == view.FamilyV6 {
+		out.Source = r.SrcPrefix.Masked().String()
 	}
 	return out
 }

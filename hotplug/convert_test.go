@@ -110,14 +110,43 @@ func TestRouteFromView(t *testing.T) {
 			want: hotplug.Route{Dest: "", Gateway: "fd00::1", Device: "eth0", Family: hotplug.FamilyV6},
 		},
 		{
-			name:  "non-default IPv4 is masked CIDR, source kept",
+			// The agent would install a preferred source as a source
+			// prefix (RTA_SRC): an IPv6 route would only match that source.
+			name:  "non-default IPv4 is masked CIDR, preferred source not sent",
 			route: withSrc(hotplugtest.StaticRoute("10.5.1.7/16", "172.18.0.254", 7), "172.18.0.2"), device: "eth0",
-			want: hotplug.Route{Dest: "10.5.0.0/16", Gateway: "172.18.0.254", Source: "172.18.0.2", Device: "eth0", Family: hotplug.FamilyV4},
+			want: hotplug.Route{Dest: "10.5.0.0/16", Gateway: "172.18.0.254", Device: "eth0", Family: hotplug.FamilyV4},
 		},
 		{
-			name:  "non-default IPv6 without gateway, scope/flags/MTU passed",
+			name:  "non-default IPv6 without gateway, scope and MTU passed, flags not",
 			route: withMeta(hotplugtest.StaticRoute("fd00:1::17/48", "", 8)), device: "eth1",
-			want: hotplug.Route{Dest: "fd00:1::/48", Device: "eth1", Family: hotplug.FamilyV6, Scope: 253, Flags: 4, Mtu: 1400},
+			want: hotplug.Route{Dest: "fd00:1::/48", Device: "eth1", Family: hotplug.FamilyV6, Scope: 253, Mtu: 1400},
+		},
+		{
+			name: "onlink kept with a gateway; linkdown (set by the kernel, refused on add) dropped",
+			route: func() view.Route {
+				r := hotplugtest.StaticRoute("10.6.0.0/16", "10.99.0.1", 7)
+				r.Flags = view.RouteFlagOnLink | 0x10
+				return r
+			}(), device: "eth0",
+			want: hotplug.Route{Dest: "10.6.0.0/16", Gateway: "10.99.0.1", Device: "eth0", Family: hotplug.FamilyV4, Flags: 4},
+		},
+		{
+			name: "IPv6 source-specific default: the source prefix in Source",
+			route: func() view.Route {
+				r := hotplugtest.DefaultRoute("fe80::1", 7)
+				r.SrcPrefix = netip.MustParsePrefix("2001:db8::/64")
+				return r
+			}(), device: "eth0",
+			want: hotplug.Route{Gateway: "fe80::1", Device: "eth0", Family: hotplug.FamilyV6, Source: "2001:db8::/64"},
+		},
+		{
+			name: "metric kept for the record",
+			route: func() view.Route {
+				r := hotplugtest.DefaultRoute("172.18.0.1", 7)
+				r.Priority = 100
+				return r
+			}(), device: "eth0",
+			want: hotplug.Route{Gateway: "172.18.0.1", Device: "eth0", Family: hotplug.FamilyV4, Metric: 100},
 		},
 		{
 			name:  "device name is the one given, not the kernel's",

@@ -3,6 +3,7 @@ package hotplug_test
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"slices"
 	"strings"
 	"sync"
@@ -217,6 +218,15 @@ func attachedMACs(as []matcher.GuestNIC) []string {
 }
 
 func ops(o ...string) []string { return o }
+
+// prefixes parses CIDRs, for the Addrs of expected guest NICs.
+func prefixes(s ...string) []netip.Prefix {
+	var out []netip.Prefix
+	for _, p := range s {
+		out = append(out, netip.MustParsePrefix(p))
+	}
+	return out
+}
 
 const (
 	opAdd    = hotplugtest.OpAddInterface

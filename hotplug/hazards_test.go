@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"slices"
 	"testing"
 	"time"
@@ -340,4 +341,103 @@ func TestAbandonedAttachResultNotRead(t *testing.T) {
 	if hung := hotplug.HungCall(h.r); hung != nil {
 		<-hung
 	}
+}
+
+// The guest NIC got its addresses at plug time, and Kata has no call to
+// change them (AddInterface again would attach a second NIC): a ready
+// endpoint whose addresses change is plugged again with the new ones. With
+// DetachByName the unplug would switch the link itself off, so it is not
+// done (and said).
+func TestAddressChangeReplugs(t *testing.T) {
+	for _, byName := range []bool{false, true} {
+		t.Run(fmt.Sprintf("DetachByName=%v", byName), func(t *testing.T) {
+			sb := &hotplugtest.FakeSandbox{Caps: &hotplug.Capabilities{HotplugNIC: true, HotUnplugNIC: true, DetachByName: byName}}
+			h, src := twoEndpoints(t, sb)
+			src.Update(func(s *view.Snapshot) { s.Links[8].Addrs = append(s.Links[8].Addrs, hotplugtest.Addr("10.1.0.9/24")) })
+			st := h.reconcile()
+			if byName {
+				if n := len(sb.CallsOf(opRemove)); n != 0 {
+					t.Fatalf("RemoveInterface called %d times with DetachByName", n)
+				}
+				h.wantLogged(logrus.WarnLevel, "not detaching yet", logrus.Fields{"ifname": "eth1"})
+				return
+			}
+			if got := macsOf(sb, opRemove); !slices.Equal(got, []string{macB}) {
+				t.Fatalf("RemoveInterface MACs %v, want [%s]", got, macB)
+			}
+			adds := sb.CallsOf(opAdd)
+			last := adds[len(adds)-1].Interface
+			var got []string
+			for _, a := range last.IPAddresses {
+				got = append(got, a.Address+"/"+a.Mask)
+			}
+			if last.HwAddr != macB || !slices.Equal(got, []string{"10.1.0.2/24", "10.1.0.9/24"}) {
+				t.Fatalf("re-plug %+v with %v, want eth1 with both addresses", last, got)
+			}
+			if len(st.NICs) != 2 || !st.Settled() {
+				t.Fatalf("status %+v", st)
+			}
+			h.wantLogged(logrus.InfoLevel, "detached endpoint", logrus.Fields{"ifname": "eth1"})
+			// Nothing more while nothing changes.
+			if got := h.opsDuring(func() { h.reconcile() }); len(got) != 0 {
+				t.Errorf("calls %v after the re-plug", got)
+			}
+		})
+	}
+}
+
+// A route set the guest keeps refusing is pushed maxRouteAttempts (5) times,
+// then not again until the set changes: no retry forever.
+func TestRoutesGiveUpUntilChanged(t *testing.T) {
+	sb := &hotplugtest.FakeSandbox{}
+	sb.UpdateRoutesFn = func(ctx context.Context, rs []*hotplug.Route) ([]*hotplug.Route, error) {
+		return nil, errors.New("Failed to add IP v4 route: ENETUNREACH")
+	}
+	src := hotplugtest.NewFakeSource(hotplugtest.Endpoint(7, "eth0", macA, "172.18.0.2/16"))
+	src.Update(func(s *view.Snapshot) { s.Routes = []view.Route{hotplugtest.DefaultRoute("172.18.0.1", 7)} })
+	h := newHarness(t, sb, src)
+	var st hotplug.Status
+	for range 10 {
+		st = h.reconcile()
+		h.clock.Advance(time.Minute)
+	}
+	if n := len(sb.CallsOf(opRoutes)); n != 5 {
+		t.Fatalf("UpdateRoutes called %d times, want 5", n)
+	}
+	if st.RoutesFailed || !st.NextRetry.IsZero() || !st.Settled() {
+		t.Errorf("status %+v: want given up (settled, nothing scheduled)", st)
+	}
+	h.wantLogged(logrus.ErrorLevel, "not retried until the routes change", logrus.Fields{"attempt": 5})
+	// A new route: the set changed, pushed again.
+	src.Update(func(s *view.Snapshot) {
+		s.Routes = append(s.Routes, hotplugtest.StaticRoute("10.9.0.0/16", "172.18.0.254", 7))
+	})
+	h.reconcile()
+	if n := len(sb.CallsOf(opRoutes)); n != 6 {
+		t.Errorf("UpdateRoutes called %d times after the change, want 6", n)
+	}
+}
+
+// Routes the agent would install with another meaning are left out, each
+// warned once, and the rest is pushed.
+func TestRoutesLeftOutLoudly(t *testing.T) {
+	sb := &hotplugtest.FakeSandbox{}
+	src := hotplugtest.NewFakeSource(hotplugtest.Endpoint(7, "eth0", macA, "172.18.0.2/16"))
+	via := hotplugtest.StaticRoute("10.8.0.0/16", "", 7)
+	via.Via = netip.MustParseAddr("fe80::1")
+	multi := hotplugtest.StaticRoute("10.9.0.0/16", "172.18.0.9", 7)
+	multi.Hops = 2
+	src.Update(func(s *view.Snapshot) { s.Routes = []view.Route{hotplugtest.DefaultRoute("172.18.0.1", 7), via, multi} })
+	h := newHarness(t, sb, src)
+	h.reconcile()
+	h.reconcile()
+	routes := sb.CallsOf(opRoutes)
+	if len(routes) != 1 || len(routes[0].Routes) != 1 || routes[0].Routes[0].Gateway != "172.18.0.1" {
+		t.Fatalf("UpdateRoutes calls %+v, want one with the default route only", routes)
+	}
+	if n := h.count(logrus.WarnLevel, "route left out of the guest"); n != 2 {
+		t.Errorf("%d warnings about left-out routes, want 2 (once each)", n)
+	}
+	h.wantLogged(logrus.WarnLevel, "route left out", logrus.Fields{"dst": "10.8.0.0/16"})
+	h.wantLogged(logrus.WarnLevel, "route left out", logrus.Fields{"dst": "10.9.0.0/16"})
 }

@@ -52,9 +52,11 @@ func (inf *Interface) Clone() *Interface {
 	return &c
 }
 
-// Route mirrors pbTypes.Route. A default route has Dest == "" (the agent does
-// not parse "default"); otherwise Dest is a CIDR. Device is a link name in the
-// guest.
+// Route mirrors pbTypes.Route (plus Metric, which Kata's type lacks). A
+// default route has Dest == "" (the agent does not parse "default");
+// otherwise Dest is a CIDR. Device is a link name in the guest. Source is a
+// source prefix ("2001:db8::/64"): the agent installs it as RTA_SRC, not as
+// a preferred source.
 type Route struct {
 	Dest    string
 	Gateway string
@@ -64,6 +66,11 @@ type Route struct {
 	Family  IPFamily
 	Flags   uint32
 	Mtu     uint32
+	// Metric is the route's metric in the netns. Kata's pbTypes.Route has
+	// no such field: adapters drop it, and the agent installs the route
+	// with the kernel's default metric. It is here for logs and the watch
+	// output.
+	Metric uint32
 }
 
 // Capabilities says what the sandbox can do with NICs at run time, and which

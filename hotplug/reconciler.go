@@ -72,7 +72,8 @@ type Status struct {
 	// Refused: ready endpoints the sandbox refused to attach (ErrRefused);
 	// nothing more happens for them until the guest's NICs change.
 	Refused []string
-	// RoutesFailed: the last UpdateRoutes failed and is due again.
+	// RoutesFailed: the last UpdateRoutes failed and is due again (after
+	// maxRouteAttempts failures of one set it is not, until the set changes).
 	RoutesFailed bool
 	// NextRetry is when a failed call is due again; zero when none is.
 	NextRetry time.Time
@@ -108,7 +109,10 @@ type Reconciler struct {
 	detachFail map[string]*retry // by guest MAC
 	routeFail  *retry            // the last UpdateRoutes failed
 	lastRoutes []*Route          // the last route set the guest accepted
-	stranded   map[string]bool   // MACs left in the guest: no unplug capability
+	// failedRoutes is the route set of the failing UpdateRoutes; after
+	// maxRouteAttempts failures it is not pushed again until the set changes.
+	failedRoutes []*Route
+	stranded     map[string]bool // MACs left in the guest: no unplug capability
 	// unsure maps the MACs of NICs a failed, abandoned or not undone
 	// AddInterface may have plugged to the name it was called with; an
 	// entry goes when the NIC is accounted for (attached, adopted, found
@@ -289,7 +293,7 @@ func (r *Reconciler) Reconcile(ctx context.Context) (Status, error) {
 	sort.Strings(st.Failed)
 	sort.Strings(st.Refused)
 	st.NICs = r.nics.list()
-	st.RoutesFailed = r.routeFail != nil
+	st.RoutesFailed = r.routeFail != nil && r.routeFail.attempts < maxRouteAttempts
 	st.NextRetry = r.retry.next()
 	if r.dead != nil {
 		return st, r.dead

@@ -112,7 +112,7 @@ func TestReadyEndpointAttachedOnce(t *testing.T) {
 
 	for i := range 10 {
 		st := h.reconcile()
-		want := []matcher.GuestNIC{{Index: 7, Name: "eth0", MAC: macA}}
+		want := []matcher.GuestNIC{{Index: 7, Name: "eth0", MAC: macA, Addrs: prefixes("172.18.0.2/16", "fd00::2/64")}}
 		if !reflect.DeepEqual(st.NICs, want) || !st.Settled() || !st.NextRetry.IsZero() {
 			t.Fatalf("pass %d: status %+v, want attached %v, settled, no retry", i, st, want)
 		}
@@ -202,7 +202,7 @@ func TestAdoptsWhatTheSandboxHas(t *testing.T) {
 	if got, want := sb.Ops(), ops(opList, opRoutes); !slices.Equal(got, want) {
 		t.Fatalf("calls %v, want %v (adopted, no AddInterface)", got, want)
 	}
-	if want := []matcher.GuestNIC{{Index: 7, Name: "eth0", MAC: macA}}; !reflect.DeepEqual(st.NICs, want) || !st.Settled() {
+	if want := []matcher.GuestNIC{{Index: 7, Name: "eth0", MAC: macA, Addrs: prefixes("172.18.0.2/16")}}; !reflect.DeepEqual(st.NICs, want) || !st.Settled() {
 		t.Errorf("status %+v, want attached %v", st, want)
 	}
 	if r := sb.CallsOf(opRoutes)[0].Routes; len(r) != 1 || r[0].Device != "eth0" || r[0].Dest != "" {
@@ -241,7 +241,7 @@ func TestStaleViewBeforeCall(t *testing.T) {
 	if got := macsOf(sb, opAdd); !slices.Equal(got, []string{macC}) {
 		t.Fatalf("AddInterface MACs %v, want [%s]", got, macC)
 	}
-	if want := []matcher.GuestNIC{{Index: 9, Name: "eth1", MAC: macC}}; !reflect.DeepEqual(st.NICs, want) || !st.Settled() {
+	if want := []matcher.GuestNIC{{Index: 9, Name: "eth1", MAC: macC, Addrs: prefixes("10.2.0.2/24")}}; !reflect.DeepEqual(st.NICs, want) || !st.Settled() {
 		t.Errorf("status %+v, want %v attached", st, want)
 	}
 }
@@ -313,7 +313,7 @@ func TestNameChangesDuringCall(t *testing.T) {
 			if got, want := h.opsDuring(func() { st = h.reconcile() }), ops(opAdd); !slices.Equal(got, want) {
 				t.Fatalf("retry calls %v, want %v", got, want)
 			}
-			if want := []matcher.GuestNIC{{Index: 8, Name: "eth1", MAC: macB}}; !reflect.DeepEqual(st.NICs, want) || !st.Settled() {
+			if want := []matcher.GuestNIC{{Index: 8, Name: "eth1", MAC: macB, Addrs: prefixes("10.1.0.2/24")}}; !reflect.DeepEqual(st.NICs, want) || !st.Settled() {
 				t.Errorf("status %+v, want %v", st, want)
 			}
 			if got := sb.GuestMACs(); !slices.Equal(got, []string{macB}) {
@@ -378,7 +378,7 @@ func TestAttachHalfSuccessAdopted(t *testing.T) {
 	if got, want := h.opsDuring(func() { st = h.reconcile() }), ops(opList); !slices.Equal(got, want) {
 		t.Fatalf("retry calls %v, want %v", got, want)
 	}
-	if want := []matcher.GuestNIC{{Index: 7, Name: "eth0", MAC: macA}}; !reflect.DeepEqual(st.NICs, want) || !st.Settled() || !st.NextRetry.IsZero() {
+	if want := []matcher.GuestNIC{{Index: 7, Name: "eth0", MAC: macA, Addrs: prefixes("172.18.0.2/16")}}; !reflect.DeepEqual(st.NICs, want) || !st.Settled() || !st.NextRetry.IsZero() {
 		t.Errorf("status %+v, want %v, settled", st, want)
 	}
 	if got := sb.GuestMACs(); !slices.Equal(got, []string{macA}) {
@@ -876,7 +876,7 @@ func TestHungCall(t *testing.T) {
 			t.Fatalf("calls while a call hangs: %v", got)
 		}
 	}
-	if len(st.NICs) != 1 || slices.Contains(st.NICs, matcher.GuestNIC{Index: 8, Name: "eth1", MAC: macB}) {
+	if len(st.NICs) != 1 || slices.ContainsFunc(st.NICs, func(n matcher.GuestNIC) bool { return n.Index == 8 && n.MAC == macB }) {
 		t.Errorf("status %+v while hung", st)
 	}
 

@@ -245,7 +245,24 @@ func fuzzRoutes(b []byte) []view.Route {
 			gw = netip.MustParseAddr("fe80::1")
 		}
 		table := []int{view.TableMain, view.TableMain, 255, 253, 0, int(b[5])}[b[5]%6]
+		var via netip.Addr
+		if b[0]&0x80 != 0 && !gw.IsValid() {
+			via = netip.MustParseAddr("fe80::9")
+		}
+		var src netip.Prefix
+		if b[1]&0x80 != 0 {
+			src = netip.MustParsePrefix("2001:db8::/64")
+		}
+		nhid := 0
+		if b[6]&0x80 != 0 {
+			nhid = 7
+		}
 		out = append(out, view.Route{
+			Via:       via,
+			SrcPrefix: src,
+			Hops:      int(b[4] >> 6),
+			NHID:      nhid,
+			Flags:     int(b[3]>>7) * view.RouteFlagOnLink,
 			Family:    fam,
 			Dst:       dst,
 			Gateway:   gw,
@@ -261,10 +278,60 @@ func fuzzRoutes(b []byte) []view.Route {
 	return out
 }
 
-func keepSpec(r view.Route, devices map[int]bool) bool {
-	return devices[r.LinkIndex] && r.Table == view.TableMain && r.Protocol != view.RouteProtoKernel &&
+// considerSpec: a route through a guest NIC of the kinds the guest may get.
+func considerSpec(r view.Route, devices map[int][]netip.Prefix) bool {
+	_, dev := devices[r.LinkIndex]
+	return dev && r.Table == view.TableMain && r.Protocol != view.RouteProtoKernel &&
 		(r.Type == 0 || r.Type == 1) && r.Dst.IsValid() && !r.Dst.Addr().IsMulticast() &&
 		(r.Dst.Bits() == 0 || !linkLocalSpec(r.Dst.Addr()))
+}
+
+// expressibleSpec: what the agent can install with its meaning.
+func expressibleSpec(r view.Route) bool {
+	return r.NHID == 0 && r.Hops <= 1 && !r.Via.IsValid() && (!r.SrcPrefix.IsValid() || r.Family == view.FamilyV6)
+}
+
+// keepSpec is matcher.Routes written the slow way: of the considered,
+// expressible routes to one destination (and source prefix), the one with
+// the lowest metric if no other shares it, and then only if its gateway is
+// reachable: link-local IPv6, onlink, in a NIC address's subnet, or in a
+// kept gateway-less route through the same NIC.
+func keepSpec(in []view.Route, devices map[int][]netip.Prefix) []view.Route {
+	var cands []view.Route
+	for _, r := range in {
+		if !considerSpec(r, devices) || !expressibleSpec(r) {
+			continue
+		}
+		best, n := r.Priority, 0
+		for _, o := range in {
+			if considerSpec(o, devices) && expressibleSpec(o) && o.Family == r.Family &&
+				o.Dst.Masked() == r.Dst.Masked() && o.SrcPrefix == r.SrcPrefix {
+				switch {
+				case o.Priority < best:
+					best, n = o.Priority, 1
+				case o.Priority == best:
+					n++
+				}
+			}
+		}
+		if r.Priority == best && n == 1 {
+			cands = append(cands, r)
+		}
+	}
+	var out []view.Route
+	for _, r := range cands {
+		ok := !r.Gateway.IsValid() || r.Flags&view.RouteFlagOnLink != 0 || (r.Gateway.Is6() && r.Gateway.IsLinkLocalUnicast())
+		for _, a := range devices[r.LinkIndex] {
+			ok = ok || a.Masked().Contains(r.Gateway)
+		}
+		for _, o := range cands {
+			ok = ok || (o.LinkIndex == r.LinkIndex && !o.Gateway.IsValid() && !o.SrcPrefix.IsValid() && o.Dst.Contains(r.Gateway))
+		}
+		if ok {
+			out = append(out, r)
+		}
+	}
+	return out
 }
 
 func FuzzRoutes(f *testing.F) {
@@ -273,26 +340,39 @@ func FuzzRoutes(f *testing.F) {
 	f.Add([]byte{}, uint8(0), uint64(0))
 	f.Fuzz(func(t *testing.T, data []byte, devMask uint8, seed uint64) {
 		in := fuzzRoutes(data)
-		devices := map[int]bool{}
+		devices := map[int][]netip.Prefix{}
 		for i := range 6 {
 			if devMask&(1<<i) != 0 {
-				devices[i] = true
+				devices[i] = []netip.Prefix{netip.MustParsePrefix("172.18.0.2/16")}
+				if i%2 == 1 {
+					devices[i] = nil // a NIC whose subnet holds no gateway
+				}
 			}
 		}
 		orig := slices.Clone(in)
-		got := matcher.Routes(&view.Snapshot{Routes: in}, devices)
+		got, skipped := matcher.Routes(&view.Snapshot{Routes: in}, devices)
 		if !slices.Equal(in, orig) {
 			t.Fatal("Routes modified the snapshot")
 		}
-		var kept []view.Route
-		for _, r := range in {
-			if keepSpec(r, devices) {
-				kept = append(kept, r)
+		kept := keepSpec(in, devices)
+		for _, r := range got {
+			if _, dev := devices[r.LinkIndex]; !dev || r.Table != view.TableMain || r.Protocol == view.RouteProtoKernel {
+				t.Fatalf("kept %+v", r)
 			}
 		}
-		for _, r := range got {
-			if !devices[r.LinkIndex] || r.Table != view.TableMain || r.Protocol == view.RouteProtoKernel {
-				t.Fatalf("kept %+v", r)
+		// Every considered route is kept or skipped with a reason, once.
+		var considered int
+		for _, r := range in {
+			if considerSpec(r, devices) {
+				considered++
+			}
+		}
+		if len(got)+len(skipped) != considered {
+			t.Fatalf("%d kept + %d skipped, %d considered", len(got), len(skipped), considered)
+		}
+		for _, sk := range skipped {
+			if sk.Reason == "" {
+				t.Fatalf("skipped %+v without a reason", sk.Route)
 			}
 		}
 		// Same multiset as the spec's filter.
@@ -317,7 +397,7 @@ func FuzzRoutes(f *testing.F) {
 		// Deterministic: the order of the input does not matter.
 		shuffled := slices.Clone(in)
 		rand.New(rand.NewPCG(seed, 0)).Shuffle(len(shuffled), func(i, j int) { shuffled[i], shuffled[j] = shuffled[j], shuffled[i] })
-		if again := matcher.Routes(&view.Snapshot{Routes: shuffled}, devices); !slices.Equal(again, got) {
+		if again, _ := matcher.Routes(&view.Snapshot{Routes: shuffled}, devices); !slices.Equal(again, got) {
 			t.Fatalf("shuffled input gives\n%v\nnot\n%v", again, got)
 		}
 	})
@@ -498,8 +578,14 @@ func (w *world) pass(s *view.Snapshot) bool {
 			if why == "" {
 				t.Fatalf("Gone(%+v) without a reason", a)
 			}
-			if !w.moved[i] {
-				t.Fatalf("detach %+v (%s), but since its attach it was not deleted, renamed or re-MACed", a, why)
+			// The one detach of a link that did not move: a ready link
+			// whose addresses are no longer those its NIC was given.
+			readdressed := false
+			if l := s.Links[i]; l != nil && matcher.Classify(l).State == matcher.Ready {
+				readdressed = !reflect.DeepEqual(matcher.RoutableAddrs(l), a.Addrs)
+			}
+			if !w.moved[i] && !readdressed {
+				t.Fatalf("detach %+v (%s), but since its attach it was not deleted, renamed, re-MACed or readdressed", a, why)
 			}
 			w.detach(i)
 			acted = true
@@ -513,7 +599,7 @@ func (w *world) pass(s *view.Snapshot) bool {
 			continue
 		}
 		l := s.Links[d.Index]
-		a := matcher.GuestNIC{Index: l.Index, Name: l.Name, MAC: l.MAC.String()}
+		a := matcher.GuestNIC{Index: l.Index, Name: l.Name, MAC: l.MAC.String(), Addrs: matcher.RoutableAddrs(l)}
 		w.attach(a)
 		acted = true
 		if gone, why := matcher.Gone(a, s); gone {
@@ -596,7 +682,8 @@ func TestSequenceDockerConnectDisconnect(t *testing.T) {
 	}
 	// Stop before the disconnect: attached under eth0 with Docker's MAC.
 	w = runSequence(t, dockerSeq[:3*12])
-	if got, want := w.attached, map[int]matcher.GuestNIC{2: {Index: 2, Name: "eth0", MAC: "02:42:ac:12:00:02"}}; !maps.Equal(got, want) {
+	if got, want := w.attached, map[int]matcher.GuestNIC{2: {Index: 2, Name: "eth0", MAC: "02:42:ac:12:00:02",
+		Addrs: []netip.Prefix{netip.MustParsePrefix("172.18.0.1/16")}}}; !reflect.DeepEqual(got, want) {
 		t.Errorf("attached = %v, want %v", got, want)
 	}
 }

@@ -141,8 +141,8 @@ func FuzzRouteFromView(f *testing.F) {
 	f.Add([]byte{9, 1, 2, 24, 1, 0, 1, 0, 8, 9, 9, 33, 1, 0, 1, 3}, "eth0")
 	f.Fuzz(func(t *testing.T, b []byte, device string) {
 		routes := fuzzRoutes(b)
-		devices := map[int]bool{1: true, 2: true}
-		kept := matcher.Routes(&view.Snapshot{Routes: routes}, devices)
+		devices := map[int][]netip.Prefix{1: nil, 2: nil}
+		kept, _ := matcher.Routes(&view.Snapshot{Routes: routes}, devices)
 		for _, r := range kept {
 			checkRoute(t, r, hotplug.RouteFromView(r, device), device)
 		}

@@ -3,6 +3,8 @@ package matcher
 import (
 	"cmp"
 	"fmt"
+	"net/netip"
+	"slices"
 	"sort"
 	"strings"
 
@@ -166,6 +168,9 @@ type GuestNIC struct {
 	// (Kata's macvtap model gives the link a random MAC and the guest NIC
 	// the original); "" when the link kept MAC.
 	LinkMAC string
+	// Addrs are the addresses the guest NIC was given (RoutableAddrs of
+	// the link then).
+	Addrs []netip.Prefix
 }
 
 // Gone reports whether the link behind a guest NIC no longer stands for a
@@ -189,20 +194,59 @@ func Gone(n GuestNIC, s *view.Snapshot) (bool, string) {
 	if !l.Up() && l.Name != n.Name {
 		return true, fmt.Sprintf("taken down and renamed to %q", l.Name)
 	}
+	// The guest NIC got its addresses when it was plugged, and Kata has no
+	// call to change them: a ready endpoint whose addresses changed must be
+	// plugged again. (Only a ready one: a link that is down has lost its
+	// IPv6 addresses, and Kata's macvtap model strips them from the link.)
+	if Classify(l).State == Ready {
+		if now := RoutableAddrs(l); !slices.Equal(now, n.Addrs) {
+			return true, fmt.Sprintf("addresses changed from %v to %v", n.Addrs, now)
+		}
+	}
 	// Peer facts are deliberately not re-checked here: a transient failure
 	// to read them must not unplug a working NIC.
 	return false, ""
 }
 
-// Routes returns the routes the VM should have through the given devices
-// (ifindexes of attached endpoints): main-table routes that the kernel did
-// not add for an address itself, IPv4 and IPv6, in a stable order. Kernel
-// prefix routes are left out because the guest's kernel makes its own when
-// the addresses are configured.
-func Routes(s *view.Snapshot, devices map[int]bool) []view.Route {
-	var out []view.Route
+// SkippedRoute is a route through a guest NIC that the guest does not get,
+// and why.
+type SkippedRoute struct {
+	Route  view.Route
+	Reason string
+	// Shadowed: another route to the same destination has a lower metric,
+	// so the kernel does not use this one either: leaving it out changes
+	// nothing. Every other skip changes what the guest can reach and is
+	// worth a warning.
+	Shadowed bool
+}
+
+// Routes returns the routes the guest should have through its NICs, in a
+// stable order, and the ones it must not get, with the reason. nics maps
+// the ifindex of each link the guest has a NIC for to the addresses that
+// NIC was given (for the reachability of gateways).
+//
+// Kept: main-table unicast routes the kernel did not add for an address
+// itself (the guest's kernel makes its own prefix routes), IPv4 and IPv6,
+// that the agent applies with the same meaning. Kata's agent installs each
+// route with the kernel's default metric, replacing any route to the same
+// destination, parses the gateway in the route's own family, and takes one
+// next hop per route (kata-containers src/agent/src/netlink.rs
+// update_routes). So, per destination (and source prefix), only the route
+// the kernel uses is kept: the lowest metric, and none when several share
+// it (which one wins depends on insertion order, which a dump does not
+// say). Left out, with a reason: multipath routes and nexthop objects, a
+// gateway of the other family (RTA_VIA), an IPv4 source-specific route,
+// and a gateway on no subnet of the NIC's addresses nor of a kept on-link
+// route through it (the agent would fail the whole call).
+func Routes(s *view.Snapshot, nics map[int][]netip.Prefix) (keep []view.Route, skipped []SkippedRoute) {
+	type dest struct {
+		family int
+		dst    netip.Prefix
+		src    netip.Prefix
+	}
+	groups := map[dest][]view.Route{}
 	for _, r := range s.Routes {
-		if !devices[r.LinkIndex] || r.Table != view.TableMain || r.Protocol == view.RouteProtoKernel {
+		if _, ok := nics[r.LinkIndex]; !ok || r.Table != view.TableMain || r.Protocol == view.RouteProtoKernel {
 			continue
 		}
 		if r.Type != 0 && r.Type != view.RouteUnicast {
@@ -211,10 +255,105 @@ func Routes(s *view.Snapshot, devices map[int]bool) []view.Route {
 		if !r.Dst.IsValid() || r.Dst.Addr().IsMulticast() || (r.Dst.Bits() > 0 && r.Dst.Addr().IsLinkLocalUnicast()) {
 			continue
 		}
-		out = append(out, r)
+		if why := inexpressible(r); why != "" {
+			skipped = append(skipped, SkippedRoute{Route: r, Reason: why})
+			continue
+		}
+		k := dest{r.Family, r.Dst.Masked(), r.SrcPrefix}
+		groups[k] = append(groups[k], r)
 	}
-	sort.SliceStable(out, func(i, j int) bool { return routeLess(out[i], out[j]) })
-	return out
+	var candidates []view.Route
+	for _, g := range groups {
+		sort.Slice(g, func(i, j int) bool { return routeLess(g[i], g[j]) })
+		best := g[0].Priority
+		n := 0
+		for _, r := range g {
+			if r.Priority == best {
+				n++
+			}
+		}
+		for _, r := range g {
+			switch {
+			case r.Priority != best:
+				skipped = append(skipped, SkippedRoute{Route: r, Shadowed: true,
+					Reason: fmt.Sprintf("a route to %s with the lower metric %d is used instead", r.Dst, best)})
+			case n > 1:
+				skipped = append(skipped, SkippedRoute{Route: r, Reason: fmt.Sprintf(
+					"%d routes to %s share metric %d: the kernel uses one by insertion order or spreads over them, "+
+						"the agent keeps one per destination", n, r.Dst, best)})
+			default:
+				candidates = append(candidates, r)
+			}
+		}
+	}
+	for _, r := range candidates {
+		if r.Gateway.IsValid() && !gatewayOnLink(r, nics[r.LinkIndex], candidates) {
+			skipped = append(skipped, SkippedRoute{Route: r, Reason: fmt.Sprintf(
+				"gateway %s is on no subnet of the guest NIC's addresses nor of an on-link route through it: the agent would fail the whole update", r.Gateway)})
+			continue
+		}
+		keep = append(keep, r)
+	}
+	sort.SliceStable(keep, func(i, j int) bool { return routeLess(keep[i], keep[j]) })
+	sort.SliceStable(skipped, func(i, j int) bool { return routeLess(skipped[i].Route, skipped[j].Route) })
+	return keep, skipped
+}
+
+// inexpressible says why the agent cannot install r with its meaning; ""
+// when it can.
+func inexpressible(r view.Route) string {
+	switch {
+	case r.NHID != 0:
+		return fmt.Sprintf("uses nexthop object %d, whose next hops are not in the route: the agent takes one gateway per route", r.NHID)
+	case r.Hops > 1:
+		return fmt.Sprintf("multipath route with %d next hops: the agent installs one next hop per destination, "+
+			"and one of them alone would carry all the traffic", r.Hops)
+	case r.Via.IsValid():
+		return fmt.Sprintf("gateway %s is of the other address family (RTA_VIA): the agent parses the gateway in the route's family", r.Via)
+	case r.SrcPrefix.IsValid() && r.Family != view.FamilyV6:
+		return fmt.Sprintf("source-specific IPv4 route (from %s): the kernel ignores the source prefix of IPv4 routes", r.SrcPrefix)
+	}
+	return ""
+}
+
+// gatewayOnLink reports whether the guest can reach r's gateway directly:
+// an IPv6 link-local gateway, the onlink flag, a subnet of the NIC's
+// addresses, or a gateway-less route through the same NIC (the agent adds
+// those first).
+func gatewayOnLink(r view.Route, addrs []netip.Prefix, kept []view.Route) bool {
+	gw := r.Gateway
+	if r.Flags&view.RouteFlagOnLink != 0 || (gw.Is6() && gw.IsLinkLocalUnicast()) {
+		return true
+	}
+	for _, a := range addrs {
+		if a.Masked().Contains(gw) {
+			return true
+		}
+	}
+	for _, o := range kept {
+		if o.LinkIndex == r.LinkIndex && !o.Gateway.IsValid() && !o.SrcPrefix.IsValid() && o.Dst.Contains(gw) {
+			return true
+		}
+	}
+	return false
+}
+
+// RoutableAddrs returns the addresses of l the guest NIC gets: valid, not
+// link-local (the guest's kernel makes its own), sorted, each once.
+func RoutableAddrs(l *view.Link) []netip.Prefix {
+	var out []netip.Prefix
+	for _, a := range l.Addrs {
+		if a.Prefix.IsValid() && !a.LinkLocal() {
+			out = append(out, a.Prefix)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if c := out[i].Addr().Compare(out[j].Addr()); c != 0 {
+			return c < 0
+		}
+		return out[i].Bits() < out[j].Bits()
+	})
+	return slices.Compact(out)
 }
 
 // routeLess orders by family, then non-default before default (the guest
@@ -239,14 +378,21 @@ func routeLess(a, b view.Route) bool {
 	if a.LinkIndex != b.LinkIndex {
 		return a.LinkIndex < b.LinkIndex
 	}
-	// Routes can still tie (IPv6 nexthops dumped one by one, `ip route
-	// append`): compare every other field so the dump order never decides.
+	// Routes can still tie (a skipped group, IPv6 nexthops dumped one by
+	// one): compare every other field so the dump order never decides.
 	if c := a.Gateway.Compare(b.Gateway); c != 0 {
 		return c < 0
 	}
 	if c := a.Src.Compare(b.Src); c != 0 {
 		return c < 0
 	}
+	if c := a.SrcPrefix.Addr().Compare(b.SrcPrefix.Addr()); c != 0 {
+		return c < 0
+	}
+	if c := a.Via.Compare(b.Via); c != 0 {
+		return c < 0
+	}
 	return cmp.Or(cmp.Compare(a.Protocol, b.Protocol), cmp.Compare(a.Scope, b.Scope), cmp.Compare(a.Type, b.Type),
-		cmp.Compare(a.Table, b.Table), cmp.Compare(a.Flags, b.Flags), cmp.Compare(a.MTU, b.MTU)) < 0
+		cmp.Compare(a.Table, b.Table), cmp.Compare(a.Flags, b.Flags), cmp.Compare(a.MTU, b.MTU),
+		cmp.Compare(a.SrcPrefix.Bits(), b.SrcPrefix.Bits()), cmp.Compare(a.Hops, b.Hops), cmp.Compare(a.NHID, b.NHID)) < 0
 }

@@ -1,6 +1,7 @@
 package matcher_test
 
 import (
+	"fmt"
 	"net"
 	"net/netip"
 	"slices"
@@ -261,7 +262,7 @@ func TestStateString(t *testing.T) {
 }
 
 func TestGone(t *testing.T) {
-	attached := matcher.GuestNIC{Index: 7, Name: "eth0", MAC: dockerMAC}
+	attached := matcher.GuestNIC{Index: 7, Name: "eth0", MAC: dockerMAC, Addrs: matcher.RoutableAddrs(readyVeth())}
 	snap := func(links ...*view.Link) *view.Snapshot {
 		s := &view.Snapshot{Links: map[int]*view.Link{}}
 		for _, l := range links {
@@ -295,6 +296,10 @@ func TestGone(t *testing.T) {
 		{"name re-appears on another ifindex", snap(with(readyVeth, func(l *view.Link) { l.Index = 8; l.MAC = mustMAC("02:42:ac:12:00:09") })()), true, "deleted"},
 		{"same MAC and name on another ifindex", snap(with(readyVeth, func(l *view.Link) { l.Index = 8 })()), true, "deleted"},
 		{"deleted and re-created on the same ifindex, same MAC and name", snap(with(readyVeth, func(l *view.Link) { l.Incarnation = 2 })()), true, "re-created"},
+		{"an address added while ready", snap(with(readyVeth, func(l *view.Link) { l.Addrs = append(l.Addrs, addr("10.9.0.2/24")) })()), true, "addresses changed"},
+		{"the address replaced while ready", snap(with(readyVeth, func(l *view.Link) { l.Addrs = []view.Addr{addr("172.18.0.9/16")} })()), true, "addresses changed"},
+		{"a link-local address added", snap(with(readyVeth, func(l *view.Link) { l.Addrs = append(l.Addrs, addr("fe80::9/64")) })()), false, ""},
+		{"addresses stripped by Kata's macvtap (link re-MACed)", snap(with(readyVeth, func(l *view.Link) { l.Addrs = nil })()), false, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -323,16 +328,15 @@ func route(dst, gw string, link int, mod ...func(*view.Route)) view.Route {
 }
 
 func TestRoutesFilters(t *testing.T) {
-	devices := map[int]bool{7: true, 8: true}
+	devices := map[int][]netip.Prefix{7: {netip.MustParsePrefix("172.18.0.2/16")}, 8: {netip.MustParsePrefix("172.19.0.2/16")}}
 	tests := []struct {
 		name string
 		r    view.Route
 		keep bool
 	}{
 		{"IPv4 default (0.0.0.0/0, proto boot)", route("0.0.0.0/0", "172.18.0.1", 7, func(r *view.Route) { r.Protocol = 3 }), true},
-		{"IPv6 default (::/0)", route("::/0", "fd00::1", 7), true},
 		{"IPv6 default via link-local gateway", route("::/0", "fe80::1", 7), true},
-		{"static subnet route", route("10.10.0.0/16", "172.18.0.254", 8), true},
+		{"static subnet route", route("10.10.0.0/16", "172.19.0.254", 8), true},
 		{"type unset (0)", route("10.10.0.0/16", "", 7, func(r *view.Route) { r.Type = 0 }), true},
 		{"other table (local)", route("10.10.0.0/16", "", 7, func(r *view.Route) { r.Table = 255 }), false},
 		{"table unset", route("10.10.0.0/16", "", 7, func(r *view.Route) { r.Table = 0 }), false},
@@ -350,7 +354,7 @@ func TestRoutesFilters(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got := matcher.Routes(&view.Snapshot{Routes: []view.Route{tt.r}}, devices)
+			got, _ := matcher.Routes(&view.Snapshot{Routes: []view.Route{tt.r}}, devices)
 			var want []view.Route
 			if tt.keep {
 				want = []view.Route{tt.r}
@@ -362,25 +366,114 @@ func TestRoutesFilters(t *testing.T) {
 	}
 }
 
+// TestRoutesMeaning: what the agent would install with another meaning is
+// left out with a reason, never pushed changed (issue: an IPv4 route via an
+// IPv6 gateway became on-link, multipath was dropped silently, two metrics
+// were both pushed without one, a source-specific default became
+// unconditional).
+func TestRoutesMeaning(t *testing.T) {
+	devices := map[int][]netip.Prefix{7: {netip.MustParsePrefix("172.18.0.2/16"), netip.MustParsePrefix("fd00::2/64")},
+		8: {netip.MustParsePrefix("172.19.0.2/16")}}
+	tests := []struct {
+		name     string
+		in       []view.Route
+		keep     []int // indexes into in
+		skip     []int
+		shadowed []int // of skip
+		reason   string
+	}{
+		{"IPv4 via an IPv6 gateway (RTA_VIA)",
+			[]view.Route{route("0.0.0.0/0", "", 7, func(r *view.Route) { r.Via = netip.MustParseAddr("fe80::1") })},
+			nil, []int{0}, nil, "other address family"},
+		{"multipath with two hops",
+			[]view.Route{route("0.0.0.0/0", "172.18.0.1", 7, func(r *view.Route) { r.Hops = 2 })},
+			nil, []int{0}, nil, "multipath route with 2 next hops"},
+		{"multipath with one hop is a plain route",
+			[]view.Route{route("0.0.0.0/0", "172.18.0.1", 7, func(r *view.Route) { r.Hops = 1 })},
+			[]int{0}, nil, nil, ""},
+		{"nexthop object",
+			[]view.Route{route("10.9.0.0/16", "", 7, func(r *view.Route) { r.NHID = 12 })},
+			nil, []int{0}, nil, "nexthop object 12"},
+		{"two defaults, metrics 100 and 200: the kernel's",
+			[]view.Route{route("0.0.0.0/0", "172.19.0.1", 8, func(r *view.Route) { r.Priority = 200 }),
+				route("0.0.0.0/0", "172.18.0.1", 7, func(r *view.Route) { r.Priority = 100 })},
+			[]int{1}, []int{0}, []int{0}, "lower metric 100"},
+		{"two defaults with one metric: neither",
+			[]view.Route{route("0.0.0.0/0", "172.19.0.1", 8), route("0.0.0.0/0", "172.18.0.1", 7)},
+			nil, []int{0, 1}, nil, "share metric 0"},
+		{"IPv6 source-specific default stays source-specific",
+			[]view.Route{route("::/0", "fe80::1", 7, func(r *view.Route) { r.SrcPrefix = netip.MustParsePrefix("2001:db8::/64") }),
+				route("::/0", "fe80::2", 7)},
+			[]int{0, 1}, nil, nil, ""},
+		{"IPv4 source-specific",
+			[]view.Route{route("0.0.0.0/0", "172.18.0.1", 7, func(r *view.Route) { r.SrcPrefix = netip.MustParsePrefix("172.18.0.0/16") })},
+			nil, []int{0}, nil, "source-specific IPv4"},
+		{"gateway on no subnet of the NIC",
+			[]view.Route{route("0.0.0.0/0", "10.99.0.1", 7)},
+			nil, []int{0}, nil, "on no subnet"},
+		{"gateway on the NIC's subnet by an on-link route",
+			[]view.Route{route("0.0.0.0/0", "10.99.0.1", 7), route("10.99.0.0/24", "", 7)},
+			[]int{0, 1}, nil, nil, ""},
+		{"gateway with onlink",
+			[]view.Route{route("0.0.0.0/0", "10.99.0.1", 7, func(r *view.Route) { r.Flags = view.RouteFlagOnLink })},
+			[]int{0}, nil, nil, ""},
+		{"IPv6 gateway in the NIC's subnet",
+			[]view.Route{route("fd01::/64", "fd00::1", 7)},
+			[]int{0}, nil, nil, ""},
+		{"gateway on another NIC's subnet",
+			[]view.Route{route("10.5.0.0/16", "172.19.0.1", 7)},
+			nil, []int{0}, nil, "on no subnet"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			keep, skipped := matcher.Routes(&view.Snapshot{Routes: tt.in}, devices)
+			var wantKeep []view.Route
+			for _, i := range tt.keep {
+				wantKeep = append(wantKeep, tt.in[i])
+			}
+			got := slices.Clone(keep)
+			slices.SortFunc(got, func(a, b view.Route) int { return strings.Compare(fmt.Sprint(a), fmt.Sprint(b)) })
+			slices.SortFunc(wantKeep, func(a, b view.Route) int { return strings.Compare(fmt.Sprint(a), fmt.Sprint(b)) })
+			if !slices.Equal(got, wantKeep) {
+				t.Errorf("kept %+v, want %+v", keep, wantKeep)
+			}
+			if len(skipped) != len(tt.skip) {
+				t.Fatalf("skipped %+v, want %d", skipped, len(tt.skip))
+			}
+			for _, i := range tt.skip {
+				j := slices.IndexFunc(skipped, func(s matcher.SkippedRoute) bool { return s.Route == tt.in[i] })
+				if j < 0 {
+					t.Fatalf("route %d not among the skipped %+v", i, skipped)
+				}
+				if !strings.Contains(skipped[j].Reason, tt.reason) {
+					t.Errorf("reason %q, want it to say %q", skipped[j].Reason, tt.reason)
+				}
+				if skipped[j].Shadowed != slices.Contains(tt.shadowed, i) {
+					t.Errorf("route %d Shadowed = %v", i, skipped[j].Shadowed)
+				}
+			}
+		})
+	}
+}
+
 func TestRoutesOrder(t *testing.T) {
-	devices := map[int]bool{7: true, 8: true}
+	devices := map[int][]netip.Prefix{7: {netip.MustParsePrefix("172.18.0.2/16"), netip.MustParsePrefix("fd00::2/64")},
+		8: {netip.MustParsePrefix("172.19.0.2/16")}}
 	def4 := route("0.0.0.0/0", "172.18.0.1", 7, func(r *view.Route) { r.Protocol = 3 })
-	def4b := route("0.0.0.0/0", "172.19.0.1", 8, func(r *view.Route) { r.Priority = 100 })
 	def6 := route("::/0", "fd00::1", 7)
 	net10 := route("10.10.0.0/16", "172.18.0.254", 7)
 	net10b := route("10.10.0.0/24", "172.18.0.254", 7)
-	net10c := route("10.10.0.0/16", "172.19.0.254", 8)
-	net10d := route("10.10.0.0/16", "172.18.0.253", 7) // differs from net10 by gateway only
+	net11 := route("10.11.0.0/16", "172.19.0.254", 8)
 	net192 := route("192.168.5.0/24", "", 8)
 	v6net := route("fd01::/64", "fd00::254", 7)
 	kernel := route("172.18.0.0/16", "", 7, func(r *view.Route) { r.Protocol = view.RouteProtoKernel })
-	in := []view.Route{def6, def4, kernel, net192, v6net, def4b, net10c, net10b, net10, net10d}
-	// net10, net10c and net10d tie on family, destination and metric: the
-	// device, then the gateway decide.
-	want := []view.Route{net10d, net10, net10c, net10b, net192, def4, def4b, v6net, def6}
+	in := []view.Route{def6, def4, kernel, net192, v6net, net11, net10b, net10}
+	// Family, then non-default first (the guest needs the gateway's subnet
+	// first), then destination.
+	want := []view.Route{net10, net10b, net11, net192, def4, v6net, def6}
 
 	orig := slices.Clone(in)
-	got := matcher.Routes(&view.Snapshot{Routes: in}, devices)
+	got, _ := matcher.Routes(&view.Snapshot{Routes: in}, devices)
 	if !slices.Equal(got, want) {
 		t.Fatalf("Routes =\n%v\nwant\n%v", got, want)
 	}
@@ -390,15 +483,15 @@ func TestRoutesOrder(t *testing.T) {
 	// Every rotation and the reversal of the input give the same output.
 	for i := range in {
 		rot := append(slices.Clone(in[i:]), in[:i]...)
-		if got := matcher.Routes(&view.Snapshot{Routes: rot}, devices); !slices.Equal(got, want) {
+		if got, _ := matcher.Routes(&view.Snapshot{Routes: rot}, devices); !slices.Equal(got, want) {
 			t.Errorf("rotation %d: Routes =\n%v\nwant\n%v", i, got, want)
 		}
 		slices.Reverse(rot)
-		if got := matcher.Routes(&view.Snapshot{Routes: rot}, devices); !slices.Equal(got, want) {
+		if got, _ := matcher.Routes(&view.Snapshot{Routes: rot}, devices); !slices.Equal(got, want) {
 			t.Errorf("reversed rotation %d: Routes =\n%v\nwant\n%v", i, got, want)
 		}
 	}
-	if got := matcher.Routes(&view.Snapshot{Routes: in}, nil); got != nil {
-		t.Errorf("Routes with no devices = %v, want nil", got)
+	if got, skipped := matcher.Routes(&view.Snapshot{Routes: in}, nil); got != nil || skipped != nil {
+		t.Errorf("Routes with no devices = %v, %v; want nil", got, skipped)
 	}
 }

@@ -170,7 +170,11 @@ func printer(w io.Writer, asJSON bool) func(recording.Event) {
 				if r.Gateway != "" {
 					s += " via " + r.Gateway
 				}
-				parts = append(parts, s+" dev "+r.Device)
+				s += " dev " + r.Device
+				if r.Metric != 0 {
+					s += fmt.Sprintf(" metric %d", r.Metric)
+				}
+				parts = append(parts, s)
 			}
 			fmt.Fprintf(w, "routes %s\n", strings.Join(parts, "; "))
 		}

@@ -50,6 +50,7 @@ type watchRoute struct {
 	Dest    string `json:"dest"`
 	Gateway string `json:"gateway"`
 	Device  string `json:"device"`
+	Metric  uint32 `json:"metric"`
 }
 
 // watchKeys says which keys each op's line carries (and no others).
@@ -312,7 +313,8 @@ func testWatchJSON(t *testing.T, explicit bool) {
 	l, at := out.next(t, 0, "attach eth0", func(l watchLine) bool { return l.Op == "attach" })
 	e.checkAttach(t, l, "eth0", 1450, "172.28.1.2/24", "fd28:1::2/64")
 	def4 := watchRoute{Dest: "default", Gateway: "172.28.1.1", Device: "eth0"}
-	def6 := watchRoute{Dest: "default", Gateway: "fd28:1::1", Device: "eth0"}
+	// The kernel gives an IPv6 route metric 1024 when none is set.
+	def6 := watchRoute{Dest: "default", Gateway: "fd28:1::1", Device: "eth0", Metric: 1024}
 	_, at = out.next(t, at+1, "default routes via eth0", routesAre(def4, def6))
 
 	// docker network connect: eth1, which becomes the IPv4 gateway.
@@ -323,7 +325,7 @@ func testWatchJSON(t *testing.T, explicit bool) {
 		t.Fatal(err)
 	}
 	eth1.AddDefaultRoute("172.28.2.1")
-	_, at = out.next(t, at+1, "IPv4 default via eth1", routesAre(watchRoute{"default", "172.28.2.1", "eth1"}, def6))
+	_, at = out.next(t, at+1, "IPv4 default via eth1", routesAre(watchRoute{Dest: "default", Gateway: "172.28.2.1", Device: "eth1"}, def6))
 
 	// docker network disconnect, Docker's way: down, renamed back, DELADDR,
 	// moved out; then the default via the remaining gateway.

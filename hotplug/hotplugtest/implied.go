@@ -2,6 +2,7 @@ package hotplugtest
 
 import (
 	"context"
+	"net/netip"
 	"slices"
 	"testing"
 
@@ -26,16 +27,17 @@ func Implied(t testing.TB, sandboxPath, dockerdPath string) (macs []string, rout
 		t.Fatal(err)
 	}
 	snap := mon.Snapshot()
-	devices, names := map[int]bool{}, map[int]string{}
+	devices, names := map[int][]netip.Prefix{}, map[int]string{}
 	for _, d := range matcher.Endpoints(snap) {
 		if d.State == matcher.Ready {
-			devices[d.Index] = true
+			devices[d.Index] = matcher.RoutableAddrs(snap.Links[d.Index])
 			names[d.Index] = d.Name
 			macs = append(macs, snap.Links[d.Index].MAC.String())
 		}
 	}
 	slices.Sort(macs)
-	for _, r := range matcher.Routes(snap, devices) {
+	keep, _ := matcher.Routes(snap, devices)
+	for _, r := range keep {
 		routes = append(routes, hotplug.RouteFromView(r, names[r.LinkIndex]))
 	}
 	return macs, routes

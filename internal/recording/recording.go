@@ -26,6 +26,10 @@ type EventRoute struct {
 	Dest    string `json:"dest"` // CIDR, or "default"
 	Gateway string `json:"gateway,omitempty"`
 	Device  string `json:"device"`
+	// Metric is the route's metric in the netns. Kata's agent installs
+	// every route with the kernel's default; it is printed so a reader
+	// sees which of several routes to one destination the guest got.
+	Metric uint32 `json:"metric,omitempty"`
 }
 
 // Sandbox is a dry-run hotplug.Sandbox: it attaches nothing, keeps the guest
@@ -158,7 +162,7 @@ func (s *Sandbox) UpdateRoutes(_ context.Context, routes []*hotplug.Route) ([]*h
 		if dest == "" {
 			dest = "default"
 		}
-		e.Routes = append(e.Routes, EventRoute{Dest: dest, Gateway: r.Gateway, Device: r.Device})
+		e.Routes = append(e.Routes, EventRoute{Dest: dest, Gateway: r.Gateway, Device: r.Device, Metric: r.Metric})
 	}
 	s.emit(e)
 	return routes, nil

@@ -23,6 +23,7 @@ const (
 	RouteProtoKernel = 2   // RTPROT_KERNEL: prefix routes the kernel adds for an address
 	TableMain        = 254 // RT_TABLE_MAIN
 	RouteUnicast     = 1   // RTN_UNICAST
+	RouteFlagOnLink  = 0x4 // RTNH_F_ONLINK: the gateway is on the link, whatever the addresses say
 )
 
 // Address families, as in Route.Family.
@@ -91,9 +92,25 @@ type Route struct {
 	Protocol  int // RTPROT_*
 	Scope     int // RT_SCOPE_*
 	Type      int // RTN_* (1 unicast)
-	Priority  int
+	Priority  int // the metric (RTA_PRIORITY)
 	Flags     int // RTNH_F_* (onlink, ...)
 	MTU       int
+
+	// Via is the gateway when it is of the other family (RTA_VIA: an IPv4
+	// route through an IPv6 next hop); zero when none. Gateway is then zero.
+	Via netip.Addr
+	// SrcPrefix is the source prefix of a source-specific route (rtm_src_len
+	// > 0 with RTA_SRC: IPv6 `default from 2001:db8::/64 via ...`); zero
+	// when the route applies to every source.
+	SrcPrefix netip.Prefix
+	// Hops is the number of next hops of a multipath route (RTA_MULTIPATH);
+	// 0 for a route with one next hop. A multipath route with one hop is
+	// kept as a plain route (Hops 1, LinkIndex and Gateway that hop's);
+	// with several, LinkIndex and Gateway are those of the first hop.
+	Hops int
+	// NHID is the nexthop object the route uses (RTA_NH_ID: `ip route add
+	// ... nhid N`); 0 when none. Its next hops are not in the route.
+	NHID int
 }
 
 // Default reports a default route (prefix length 0, IPv4 or IPv6).
