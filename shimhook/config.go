@@ -10,6 +10,11 @@ import (
 	"github.com/kata-netmon/kata-netmon/hotplug"
 )
 
+// dockerNetNSDir is where dockerd bind-mounts container netns (SetKey), under
+// its default exec root /var/run/docker; /var/run/docker/netns reaches the
+// same directory through Debian's /var/run -> /run symlink.
+const dockerNetNSDir = "/run/docker/netns"
+
 // NetNSAnnotation is the proposed Docker annotation naming the container's
 // netns. It is user input (docker run --annotation): honoured only when
 // Settings.TrustNetNSAnnotation is set, and only if it names the sandbox's own

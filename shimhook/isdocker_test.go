@@ -32,6 +32,12 @@ func TestIsDocker(t *testing.T) {
 		{"namespace wins over bundle", Config{Namespace: "default", BundlePath: bundle, Spec: specWithNet("", true)}, false},
 		{"--net=host: no network entry", Config{Namespace: "moby", Spec: specWithNet("", false)}, false},
 		{"--net=container:X: a path", Config{Namespace: "moby", Spec: specWithNet("/proc/42/ns/net", true)}, false},
+		{"dockerd created the netns (moby#52488)", Config{Namespace: "moby", Spec: specWithNet("/run/docker/netns/0123456789ab", true)}, true},
+		{"dockerd created the netns, via /var/run", Config{Namespace: "moby", Spec: specWithNet("/var/run/docker/netns/0123456789ab", true)}, true},
+		{"the netns directory itself", Config{Namespace: "moby", Spec: specWithNet("/run/docker/netns/", true)}, false},
+		{"below an entry", Config{Namespace: "moby", Spec: specWithNet("/run/docker/netns/x/y", true)}, false},
+		{"dot-dot out of the directory", Config{Namespace: "moby", Spec: specWithNet("/run/docker/netns/../../proc/1/ns/net", true)}, false},
+		{"relative", Config{Namespace: "moby", Spec: specWithNet("run/docker/netns/0123456789ab", true)}, false},
 		{"no spec", Config{Namespace: "moby"}, false},
 		{"no linux section", Config{Namespace: "moby", Spec: &specs.Spec{}}, false},
 	}

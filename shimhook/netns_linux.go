@@ -11,11 +11,6 @@ import (
 	"github.com/kata-netmon/kata-netmon/internal/nsfs"
 )
 
-// dockerNetNSDir is where dockerd bind-mounts container netns (SetKey).
-// /var/run/docker/netns reaches the same directory through Debian's
-// /var/run -> /run symlink.
-const dockerNetNSDir = "/run/docker/netns"
-
 // openAnnotatedNetNS opens the netns path from the (untrusted) Docker
 // annotation and returns it open, so the monitor watches the very file that
 // was checked: an absolute path naming one entry directly in

@@ -22,13 +22,16 @@ import (
 )
 
 // IsDocker reports whether the sandbox is a Docker ("moby") container whose
-// network Docker will set up after the sandbox exists, and why not otherwise.
+// network Docker sets up after the sandbox exists, and why not otherwise.
 // Both must hold: the containerd namespace is one of Settings.DockerNamespaces
 // (or, when the namespace is unknown, the bundle path is under
 // .../io.containerd.runtime.v2.task/<such a namespace>/<id>); and the OCI spec
-// asks for a new network namespace (an entry with an empty path). No network
-// entry is --net=host; a path is --net=container:X (another sandbox's netns,
-// which its own monitor watches).
+// asks for a new network namespace: an entry with an empty path (Docker 28
+// and later: Kata creates the netns), or a path directly under Docker's
+// netns directory (dockerd created the netns and names it, as moby#52488
+// proposes: Kata then uses it and records NetworkCreated=false). No network
+// entry is --net=host; any other path is --net=container:X (another
+// sandbox's netns, which its own monitor watches).
 func IsDocker(cfg Config) (bool, string) {
 	nss := cfg.Settings.DockerNamespaces
 	switch {
@@ -44,12 +47,30 @@ func IsDocker(cfg Config) (bool, string) {
 		if ns.Type != specs.NetworkNamespace {
 			continue
 		}
-		if ns.Path != "" {
-			return false, fmt.Sprintf("joins an existing netns %q (--net=container:...)", ns.Path)
+		switch {
+		case ns.Path == "":
+			return true, "Docker sandbox with a new netns"
+		case inDockerNetNSDir(ns.Path):
+			return true, "Docker sandbox with a netns dockerd created"
 		}
-		return true, "Docker sandbox with a new netns"
+		return false, fmt.Sprintf("joins an existing netns %q (--net=container:...)", ns.Path)
 	}
 	return false, "no network namespace in the OCI spec (--net=host)"
+}
+
+// inDockerNetNSDir reports a path naming one entry directly in Docker's
+// netns directory (/run/docker/netns, or through Debian's /var/run
+// symlink), where dockerd bind-mounts the netns it creates. The spec comes
+// from dockerd, not from the user (a user's --net=container:X is a
+// /proc/<pid>/ns/net path), so the name alone decides; the netns watched is
+// opened and checked like any other.
+func inDockerNetNSDir(path string) bool {
+	if !filepath.IsAbs(path) {
+		return false
+	}
+	clean := filepath.Clean(path)
+	dir, base := filepath.Dir(clean), filepath.Base(clean)
+	return (dir == dockerNetNSDir || dir == "/var"+dockerNetNSDir) && base != "." && base != ".." && base != "/"
 }
 
 // bundleInNamespace matches containerd's task bundle layout
