@@ -3,16 +3,26 @@
 # qemu-system-x86 and busybox-static from apt, a Debian cloud kernel unpacked into
 # the cache, and a small initramfs (static busybox + the virtio-net modules + /init).
 #
-# Idempotent: every artifact already present in the cache is reused.
+# The kernel is Debian 12's 6.12 cloud kernel (meta-package linux-image-6.12-cloud-amd64),
+# the closest Debian 12 has to the v6.18 guest kernel Kata 4.1 ships (versions.yaml:208).
+# The guest agent follows Kata's agent call by call, so the guest kernel's answers matter:
+# since 6.2 the kernel renames a link that is UP (6.1 refused with EBUSY), which Kata's
+# agent relies on when it swaps names (docs/kata-model.md).
 #
-#   KNM_CACHE   cache dir (default /var/cache/kata-netmon); guest files go to $KNM_CACHE/guest
+# Idempotent: every artifact already present in the cache is reused. Files are named
+# after the kernel version, so a guest booting from an older layout is never handed a
+# kernel and an initramfs of different versions while this runs.
+#
+#   KNM_CACHE              cache dir (default /var/cache/kata-netmon); guest files go to $KNM_CACHE/guest
+#   KNM_GUEST_KERNEL_META  the kernel meta-package (default linux-image-6.12-cloud-amd64)
 #
 # Outputs in $KNM_CACHE/guest:
-#   vmlinuz                  the guest kernel (symlink to vmlinuz-<kver>)
-#   initramfs-base.cpio.gz   busybox, modules, /init; no agent. The Go test helper appends a
-#                            second cpio archive holding /agent (built from e2e/internal/guest/agent).
-#   initramfs.cpio.gz        base + /agent, when `go` is on PATH (for booting by hand).
-#   guest.env                KNM_GUEST_KVER, KNM_GUEST_KERNEL, KNM_GUEST_INITRD_BASE
+#   kernel-<kver>/                 the unpacked kernel package
+#   initramfs-base-<kver>.cpio.gz  busybox, modules, /init; no agent. The Go test helper appends a
+#                                  second cpio archive holding /agent (built from e2e/internal/guest/agent).
+#   initramfs-<kver>.cpio.gz       base + /agent, when `go` is on PATH (for booting by hand).
+#   guest-<layout>.env             KNM_GUEST_KVER, KNM_GUEST_KERNEL, KNM_GUEST_INITRD_BASE: what the
+#                                  Go helper boots (e2e/internal/guest/artifacts.go reads it).
 set -euo pipefail
 
 KNM_CACHE="${KNM_CACHE:-/var/cache/kata-netmon}"
@@ -21,8 +31,10 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
 # Insertion order matters: each needs the ones before it.
 MODULES=(virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci failover net_failover virtio_net)
-# Bump when the layout of the base initramfs changes.
-INITRAMFS_LAYOUT=1
+# Bump when the layout of the base initramfs or of the cache changes (the Go helper
+# reads guest-$INITRAMFS_LAYOUT.env: keep guestLayout in e2e/internal/guest/artifacts.go equal).
+INITRAMFS_LAYOUT=2
+KMETA="${KNM_GUEST_KERNEL_META:-linux-image-6.12-cloud-amd64}"
 
 log() { printf '[deps-guest] %s\n' "$*" >&2; }
 
@@ -81,7 +93,7 @@ timed "apt qemu+busybox" apt_install qemu-system-x86 busybox-static cpio
 # The ABI number N changes at point releases and old packages vanish from the
 # mirror: ask what the meta-package depends on right now.
 kernel_pkg() {
-	apt-cache depends linux-image-cloud-amd64 2>/dev/null |
+	apt-cache depends "$KMETA" 2>/dev/null |
 		sed -n 's/^ *Depends: \(linux-image-[0-9][^ ]*-cloud-amd64\)$/\1/p' | head -n1
 }
 PKG="$(kernel_pkg)"
@@ -89,7 +101,7 @@ if [[ -z "$PKG" ]]; then
 	apt_update_once
 	PKG="$(kernel_pkg)"
 fi
-[[ -n "$PKG" ]] || { log "cannot find what linux-image-cloud-amd64 depends on"; exit 1; }
+[[ -n "$PKG" ]] || { log "cannot find what $KMETA depends on"; exit 1; }
 KVER="${PKG#linux-image-}"
 KDIR="$GUEST/kernel-$KVER"
 
@@ -115,11 +127,11 @@ if [[ ! -f "$KDIR/boot/vmlinuz-$KVER" ]]; then
 else
 	log "kernel $KVER cached"
 fi
-ln -sfn "kernel-$KVER/boot/vmlinuz-$KVER" "$GUEST/vmlinuz"
+KERNEL="$KDIR/boot/vmlinuz-$KVER"
 
 # --- base initramfs -----------------------------------------------------------
-BASE="$GUEST/initramfs-base.cpio.gz"
-STAMP="$GUEST/initramfs-base.stamp"
+BASE="$GUEST/initramfs-base-$KVER.cpio.gz"
+STAMP="$GUEST/initramfs-base-$KVER.stamp"
 BUSYBOX=/bin/busybox
 want_stamp="layout=$INITRAMFS_LAYOUT kver=$KVER busybox=$(sha256sum "$BUSYBOX" | cut -c1-16)"
 
@@ -186,18 +198,19 @@ build_full() {
 	root="$(mktemp -d "$GUEST/.agent.XXXXXX")"
 	(cd "$REPO" && CGO_ENABLED=0 go build -trimpath -ldflags='-s -w' -o "$root/agent" ./e2e/internal/guest/agent)
 	(cd "$root" && echo agent | cpio --quiet -o -H newc -R 0:0 | gzip -9n) >"$root/agent.cpio.gz"
-	cat "$BASE" "$root/agent.cpio.gz" >"$GUEST/initramfs.cpio.gz.tmp"
-	mv "$GUEST/initramfs.cpio.gz.tmp" "$GUEST/initramfs.cpio.gz"
+	cat "$BASE" "$root/agent.cpio.gz" >"$GUEST/initramfs-$KVER.cpio.gz.tmp"
+	mv "$GUEST/initramfs-$KVER.cpio.gz.tmp" "$GUEST/initramfs-$KVER.cpio.gz"
 	rm -rf "$root"
 }
 if command -v go >/dev/null && [[ -d "$REPO/e2e/internal/guest/agent" ]]; then
 	timed "initramfs+agent" build_full
 fi
 
-cat >"$GUEST/guest.env.tmp" <<EOF
+ENVF="$GUEST/guest-$INITRAMFS_LAYOUT.env"
+cat >"$ENVF.tmp" <<EOF
 KNM_GUEST_KVER=$KVER
-KNM_GUEST_KERNEL=$GUEST/vmlinuz
+KNM_GUEST_KERNEL=$KERNEL
 KNM_GUEST_INITRD_BASE=$BASE
 EOF
-mv "$GUEST/guest.env.tmp" "$GUEST/guest.env"
+mv "$ENVF.tmp" "$ENVF"
 log "ready: kernel $KVER in $GUEST"

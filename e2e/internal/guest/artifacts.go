@@ -21,7 +21,13 @@ const AgentPackage = "github.com/kata-netmon/kata-netmon/e2e/internal/guest/agen
 type Artifacts struct {
 	Kernel string // vmlinuz
 	Initrd string // base initramfs + a cpio archive holding /agent
+	// KernelVersion is the guest kernel's ("6.12.117+deb12-cloud-amd64").
+	KernelVersion string
 }
+
+// guestLayout is INITRAMFS_LAYOUT of scripts/deps-guest.sh: the script
+// writes what to boot to guest-<layout>.env in the cache dir.
+const guestLayout = "2"
 
 var (
 	artOnce sync.Once
@@ -57,16 +63,16 @@ func Prepare() (Artifacts, string, error) {
 func prepare() (Artifacts, string, error) {
 	var logb strings.Builder
 	dir := CacheDir()
-	kernel := filepath.Join(dir, "vmlinuz")
-	base := filepath.Join(dir, "initramfs-base.cpio.gz")
 	root, err := moduleRoot()
 	if err != nil {
 		return Artifacts{}, "", err
 	}
+	envFile := filepath.Join(dir, "guest-"+guestLayout+".env")
+	kver, kernel, base := readGuestEnv(envFile)
 	_, qerr := exec.LookPath("qemu-system-x86_64")
-	if !exists(kernel) || !exists(base) || qerr != nil {
+	if kernel == "" || !exists(kernel) || !exists(base) || qerr != nil {
 		if os.Getenv("KNM_GUEST_NO_INSTALL") != "" {
-			return Artifacts{}, "", fmt.Errorf("%s or %s missing: run scripts/deps-guest.sh", kernel, base)
+			return Artifacts{}, "", fmt.Errorf("%s does not name an installed guest kernel and initramfs: run scripts/deps-guest.sh", envFile)
 		}
 		start := time.Now()
 		cmd := exec.Command("bash", filepath.Join(root, "scripts", "deps-guest.sh"))
@@ -74,6 +80,9 @@ func prepare() (Artifacts, string, error) {
 		fmt.Fprintf(&logb, "scripts/deps-guest.sh took %v:\n%s", time.Since(start).Round(time.Millisecond), out)
 		if err != nil {
 			return Artifacts{}, logb.String(), fmt.Errorf("scripts/deps-guest.sh: %v\n%s", err, out)
+		}
+		if kver, kernel, base = readGuestEnv(envFile); kernel == "" || !exists(kernel) || !exists(base) {
+			return Artifacts{}, logb.String(), fmt.Errorf("scripts/deps-guest.sh ran but %s names no kernel and initramfs", envFile)
 		}
 	}
 
@@ -134,8 +143,32 @@ func prepare() (Artifacts, string, error) {
 			return Artifacts{}, "", err
 		}
 	}
-	fmt.Fprintf(&logb, "guest agent built and packed in %v: %s\n", time.Since(start).Round(time.Millisecond), initrd)
-	return Artifacts{Kernel: kernel, Initrd: initrd}, logb.String(), nil
+	fmt.Fprintf(&logb, "guest agent built and packed in %v: %s (kernel %s)\n", time.Since(start).Round(time.Millisecond), initrd, kver)
+	return Artifacts{Kernel: kernel, Initrd: initrd, KernelVersion: kver}, logb.String(), nil
+}
+
+// readGuestEnv reads the kernel version, kernel and base initramfs that
+// scripts/deps-guest.sh wrote to path ("" for what it does not say).
+func readGuestEnv(path string) (kver, kernel, base string) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", "", ""
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		k, v, ok := strings.Cut(strings.TrimSpace(line), "=")
+		if !ok {
+			continue
+		}
+		switch k {
+		case "KNM_GUEST_KVER":
+			kver = v
+		case "KNM_GUEST_KERNEL":
+			kernel = v
+		case "KNM_GUEST_INITRD_BASE":
+			base = v
+		}
+	}
+	return kver, kernel, base
 }
 
 func exists(p string) bool {
