@@ -133,8 +133,8 @@ func benchConnectDisconnect(b *testing.B, env *dockerenv.Env, img, net1, net2 st
 		if rm.Err != nil || rm.Swallowed != nil {
 			b.Fatalf("round %d: RemoveInterface: %v %v", i, rm.Err, rm.Swallowed)
 		}
-		if _, err := sbx.VM.Agent.WaitInterfaces(ctx, 5*time.Millisecond, func(infs []*guestproto.Interface) error {
-			if guest.FindInterface(infs, mac) != nil {
+		if _, err := sbx.VM.Agent.WaitLinks(ctx, 5*time.Millisecond, func(infs []*guestproto.Link) error {
+			if guest.FindLink(infs, mac) != nil {
 				return fmt.Errorf("guest still has %s", mac)
 			}
 			return nil

@@ -60,7 +60,7 @@ func runConnectDisconnect(t *testing.T, env *dockerenv.Env, img, net1, net2 stri
 	// and checked below.
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
-	infs, err := s.VM.Agent.ListInterfaces(ctx)
+	infs, err := s.VM.Agent.Links(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -73,8 +73,8 @@ func runConnectDisconnect(t *testing.T, env *dockerenv.Env, img, net1, net2 stri
 	}
 	// No waiting: the synchronous first reconcile must have given the guest
 	// its network before Start returned, before any workload.
-	infsAfter, ierr := s.VM.Agent.ListInterfaces(ctx)
-	routesAfter, rerr := s.VM.Agent.ListRoutes(ctx)
+	infsAfter, ierr := s.VM.Agent.Links(ctx)
+	routesAfter, rerr := s.VM.Agent.KernelRoutes(ctx)
 
 	ok := t.Run("StartAttachesBeforeWorkload", func(t *testing.T) {
 		if ierr != nil || rerr != nil {
@@ -112,7 +112,7 @@ func runConnectDisconnect(t *testing.T, env *dockerenv.Env, img, net1, net2 stri
 			t.Errorf("docker inspect: gw-priority of %s is %d, want 10", net2, ep1.GwPriority)
 		}
 		t.Logf("docker network connect: %v; eth1 mac %s ip %v gw %v", connected.Round(time.Millisecond), ep1.MacAddress, ep1.IPv4Prefix(), ep1.Gateway)
-		if _, err := s.VM.Agent.WaitInterfaces(ctx, 20*time.Millisecond, func(infs []*guestproto.Interface) error {
+		if _, err := s.VM.Agent.WaitLinks(ctx, 20*time.Millisecond, func(infs []*guestproto.Link) error {
 			return dockerguest.CheckNIC(infs, "eth1", ep1)
 		}); err != nil {
 			t.Fatal(err)
@@ -134,9 +134,9 @@ func runConnectDisconnect(t *testing.T, env *dockerenv.Env, img, net1, net2 stri
 		start := time.Now()
 		env.MustDocker(t, "network", "disconnect", net2, s.Container)
 		t.Logf("docker network disconnect: %v", time.Since(start).Round(time.Millisecond))
-		if _, err := s.VM.Agent.WaitInterfaces(ctx, 20*time.Millisecond, func(infs []*guestproto.Interface) error {
-			if inf := guest.FindInterface(infs, ep1.MacAddress); inf != nil {
-				return fmt.Errorf("guest still has %s (%s)", inf.Name, inf.HwAddr)
+		if _, err := s.VM.Agent.WaitLinks(ctx, 20*time.Millisecond, func(infs []*guestproto.Link) error {
+			if inf := guest.FindLink(infs, ep1.MacAddress); inf != nil {
+				return fmt.Errorf("guest still has %s (%s)", inf.Name, inf.MAC)
 			}
 			return dockerguest.CheckNIC(infs, "eth0", ep0)
 		}); err != nil {
@@ -203,7 +203,7 @@ func refused(t *testing.T, env *dockerenv.Env, img, net1, net2, net3 string) {
 		if calls := fc.Calls(); len(fc.CallsOf("AddInterface")) != 0 || len(fc.CallsOf("Capabilities")) == 0 {
 			t.Errorf("sandbox calls: %+v, want Capabilities only", calls)
 		}
-		infs, err := s.VM.Agent.ListInterfaces(ctx)
+		infs, err := s.VM.Agent.Links(ctx)
 		if err != nil || len(infs) != 1 {
 			t.Fatalf("guest interfaces %s, %v; want lo only", dockerguest.Describe(infs), err)
 		}
@@ -227,7 +227,7 @@ func refused(t *testing.T, env *dockerenv.Env, img, net1, net2, net3 string) {
 		if mon.log.Find(logrus.WarnLevel, "cannot hot-unplug") == nil {
 			t.Errorf("no warning that the hypervisor cannot hot-unplug; logged:\n%s", mon.log.Dump(logrus.DebugLevel))
 		}
-		infs, err := s.VM.Agent.ListInterfaces(ctx)
+		infs, err := s.VM.Agent.Links(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -237,7 +237,7 @@ func refused(t *testing.T, env *dockerenv.Env, img, net1, net2, net3 string) {
 
 		env.MustDocker(t, "network", "connect", net2, s.Container)
 		ep1 := s.Endpoint(t, net2)
-		if _, err := s.VM.Agent.WaitInterfaces(ctx, 20*time.Millisecond, func(infs []*guestproto.Interface) error {
+		if _, err := s.VM.Agent.WaitLinks(ctx, 20*time.Millisecond, func(infs []*guestproto.Link) error {
 			return dockerguest.CheckNIC(infs, "eth1", ep1)
 		}); err != nil {
 			t.Fatal(err)
@@ -264,14 +264,14 @@ func refused(t *testing.T, env *dockerenv.Env, img, net1, net2, net3 string) {
 		// way by the agent, as Kata's agent does.
 		env.MustDocker(t, "network", "connect", net3, s.Container)
 		ep3 := s.Endpoint(t, net3)
-		if _, err := s.VM.Agent.WaitInterfaces(ctx, 20*time.Millisecond, func(infs []*guestproto.Interface) error {
+		if _, err := s.VM.Agent.WaitLinks(ctx, 20*time.Millisecond, func(infs []*guestproto.Link) error {
 			return dockerguest.CheckNIC(infs, "eth1", ep3)
 		}); err != nil {
 			t.Fatal(err)
 		}
 		s.Reach(ctx, t, ep3.IPAddress.String(), 8080)
 		s.Reach(ctx, t, ep0.IPAddress.String(), 8080)
-		infs, _ = s.VM.Agent.ListInterfaces(ctx)
+		infs, _ = s.VM.Agent.Links(ctx)
 		t.Logf("guest now has: %s", dockerguest.Describe(infs))
 		mon.log.NoErrors(t)
 		if err := s.VM.TapError(); err != nil {

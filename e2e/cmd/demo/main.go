@@ -173,7 +173,7 @@ func (d *demo) main() {
 		p.ok("stopping the guest (QEMU pid %d)", vm.Pid)
 		vm.Stop()
 	})
-	infs, err := vm.Agent.ListInterfaces(d.ctx)
+	infs, err := vm.Agent.Links(d.ctx)
 	d.must(err, "list the guest's interfaces")
 	p.ok("guest up in %v; its interfaces: %s", vm.BootTime.Round(time.Millisecond), dockerguest.Describe(infs))
 	d.sb, err = katasim.New(vm, katasim.Options{NetNS: netnsPath})
@@ -206,7 +206,7 @@ func (d *demo) main() {
 	if add := d.sb.CallsOf("AddInterface"); len(add) > 0 {
 		p.ok("hot-plug of eth0: %s", phases(add[len(add)-1]))
 	}
-	infs, err = vm.Agent.ListInterfaces(d.ctx)
+	infs, err = vm.Agent.Links(d.ctx)
 	d.must(err, "list the guest's interfaces")
 	d.must(dockerguest.CheckNIC(infs, "eth0", ep0), "guest right after Start")
 	p.ok("guest configured: eth0 %s %v, as docker inspect says", ep0.MacAddress, ep0.IPv4Prefix())
@@ -218,7 +218,7 @@ func (d *demo) main() {
 	d.env.MustDocker(d.r, "network", "connect", "--gw-priority", "10", d.nets[1], d.ctr)
 	p.ok("docker returned after %v", time.Since(t0).Round(time.Millisecond))
 	ep1 := d.endpoint(d.nets[1])
-	_, err = vm.Agent.WaitInterfaces(d.waitCtx(), 20*time.Millisecond, func(infs []*guestproto.Interface) error {
+	_, err = vm.Agent.WaitLinks(d.waitCtx(), 20*time.Millisecond, func(infs []*guestproto.Link) error {
 		return dockerguest.CheckNIC(infs, "eth1", ep1)
 	})
 	d.must(err, "eth1 in the guest")
@@ -235,8 +235,8 @@ func (d *demo) main() {
 	t0 = time.Now()
 	d.env.MustDocker(d.r, "network", "disconnect", d.nets[1], d.ctr)
 	p.ok("docker returned after %v", time.Since(t0).Round(time.Millisecond))
-	_, err = vm.Agent.WaitInterfaces(d.waitCtx(), 20*time.Millisecond, func(infs []*guestproto.Interface) error {
-		if inf := guest.FindInterface(infs, ep1.MacAddress); inf != nil {
+	_, err = vm.Agent.WaitLinks(d.waitCtx(), 20*time.Millisecond, func(infs []*guestproto.Link) error {
+		if inf := guest.FindLink(infs, ep1.MacAddress); inf != nil {
 			return fmt.Errorf("guest still has %s", inf.Name)
 		}
 		return nil

@@ -9,9 +9,10 @@
 // into the guest; traffic from dockerd's netns to an endpoint's address
 // reaches the guest, not the container.
 //
-// It also holds the checks those users share: a guest NIC against docker
-// inspect (CheckNIC), the guest's IPv4 default route (DefaultRouteIs), and
-// reachability proved by a token only the guest knows (Reach).
+// It also holds the checks those users share, on the guest's kernel state
+// (not Kata's view of it): a guest NIC against docker inspect (CheckNIC),
+// the guest's IPv4 default route (DefaultRouteIs), and reachability proved
+// by a token only the guest knows (Reach).
 package dockerguest
 
 import (
@@ -128,32 +129,44 @@ func (s *Sandbox) Reach(ctx context.Context, t testing.TB, ip string, port int) 
 }
 
 // CheckNIC checks that the guest has a NIC with the endpoint's MAC, named
-// name, carrying the endpoint's IPv4 address and prefix length.
-func CheckNIC(infs []*guestproto.Interface, name string, ep *dockerenv.Endpoint) error {
-	inf := guest.FindInterface(infs, ep.MacAddress)
+// name, UP, carrying the endpoint's IPv4 address and prefix length, and
+// that no other link has that MAC (Kata's agent re-MACs a NIC it was told
+// the wrong PCI path of). It reads the guest's kernel, not Kata's view.
+func CheckNIC(links []*guestproto.Link, name string, ep *dockerenv.Endpoint) error {
+	l := guest.FindLink(links, ep.MacAddress)
 	switch {
-	case inf == nil:
-		return fmt.Errorf("no guest NIC with MAC %s (guest has %s)", ep.MacAddress, Describe(infs))
-	case inf.Name != name:
-		return fmt.Errorf("guest NIC with MAC %s is %q, want %q", ep.MacAddress, inf.Name, name)
-	case !guest.HasAddress(inf, ep.IPAddress.String(), ep.IPPrefixLen):
-		return fmt.Errorf("guest %s lacks %v (guest has %s)", name, ep.IPv4Prefix(), Describe(infs))
+	case l == nil:
+		return fmt.Errorf("no guest NIC with MAC %s (guest has %s)", ep.MacAddress, Describe(links))
+	case l.Name != name:
+		return fmt.Errorf("guest NIC with MAC %s is %q, want %q (guest has %s)", ep.MacAddress, l.Name, name, Describe(links))
+	case !l.Up():
+		return fmt.Errorf("guest %s is down (guest has %s)", name, Describe(links))
+	case !guest.LinkHasAddress(l, ep.IPAddress.String(), ep.IPPrefixLen):
+		return fmt.Errorf("guest %s lacks %v (guest has %s)", name, ep.IPv4Prefix(), Describe(links))
+	}
+	for _, o := range links {
+		if o != l && strings.EqualFold(o.MAC, ep.MacAddress) {
+			return fmt.Errorf("guest %s has %s's MAC %s too (guest has %s)", o.Name, name, ep.MacAddress, Describe(links))
+		}
 	}
 	return nil
 }
 
-// Describe renders the guest's interfaces: name, MAC (but lo's) and IPv4
-// addresses.
-func Describe(infs []*guestproto.Interface) string {
+// Describe renders the guest's links: name, MAC (but lo's), DOWN when not
+// up, and IPv4 addresses.
+func Describe(links []*guestproto.Link) string {
 	var parts []string
-	for _, inf := range infs {
-		s := inf.Name
-		if inf.Name != "lo" {
-			s += " " + inf.HwAddr
+	for _, l := range links {
+		s := l.Name
+		if l.Name != "lo" {
+			s += " " + l.MAC
 		}
-		for _, a := range inf.IPAddresses {
+		if !l.Up() {
+			s += " DOWN"
+		}
+		for _, a := range l.Addrs {
 			if a.Family == guestproto.FamilyV4 {
-				s += " " + a.Address + "/" + a.Mask
+				s += fmt.Sprintf(" %s/%d", a.Address, a.PrefixLen)
 			}
 		}
 		parts = append(parts, s)
@@ -161,14 +174,14 @@ func Describe(infs []*guestproto.Interface) string {
 	return strings.Join(parts, "; ")
 }
 
-// DefaultRouteIs returns an Agent.WaitRoutes predicate: the guest has
-// exactly one IPv4 default route, via gw on dev.
-func DefaultRouteIs(gw, dev string) func([]*guestproto.Route) error {
+// DefaultRouteIs returns an Agent.WaitRoutes predicate: the guest's main
+// table has exactly one IPv4 default route, via gw on dev.
+func DefaultRouteIs(gw, dev string) func([]*guestproto.KernelRoute) error {
 	want := fmt.Sprintf("via %s dev %s", gw, dev)
-	return func(rs []*guestproto.Route) error {
+	return func(rs []*guestproto.KernelRoute) error {
 		var got []string
 		for _, r := range rs {
-			if r.Dest == "" && r.Family == guestproto.FamilyV4 {
+			if r.Family == guestproto.FamilyV4 && r.Table == 254 && r.Default() {
 				got = append(got, fmt.Sprintf("via %s dev %s", r.Gateway, r.Device))
 			}
 		}

@@ -159,18 +159,28 @@ func (a *Agent) Ping(ctx context.Context) error {
 	return err
 }
 
-// UpdateInterface configures the NIC whose MAC is inf.HwAddr (waiting up to
-// wait for it to appear; 0: the agent's default of 10 s) and returns it as
-// the guest sees it afterwards, and how long the guest waited for the NIC.
-func (a *Agent) UpdateInterface(ctx context.Context, inf *guestproto.Interface, wait time.Duration) (*guestproto.Interface, time.Duration, error) {
+// UpdateInterface is Kata's update_interface (guestproto.CmdUpdateInterface;
+// wait is the agent's hotplug timeout for a DevicePath, 0: its default of
+// 3 s). It returns the agent's answer (the request echoed), what the agent
+// logged about the MAC reconciliation, and how long it waited for the NIC.
+func (a *Agent) UpdateInterface(ctx context.Context, inf *guestproto.Interface, wait time.Duration) (*guestproto.Interface, *guestproto.Response, error) {
 	resp, err := a.Call(ctx, &guestproto.Request{Cmd: guestproto.CmdUpdateInterface, Interface: inf, TimeoutMS: wait.Milliseconds()})
 	if resp == nil {
-		return nil, 0, err
+		return nil, nil, err
 	}
-	return resp.Interface, time.Duration(resp.NICWaitUS) * time.Microsecond, err
+	return resp.Interface, resp, err
 }
 
-// ListInterfaces returns every link in the guest with its addresses.
+// NICWait is how long update_interface waited for the NIC at DevicePath.
+func NICWait(resp *guestproto.Response) time.Duration {
+	if resp == nil {
+		return 0
+	}
+	return time.Duration(resp.NICWaitUS) * time.Microsecond
+}
+
+// ListInterfaces is Kata's list_interfaces: every link, uppercase MACs,
+// address families inverted.
 func (a *Agent) ListInterfaces(ctx context.Context) ([]*guestproto.Interface, error) {
 	resp, err := a.Call(ctx, &guestproto.Request{Cmd: guestproto.CmdListInterfaces})
 	if err != nil {
@@ -179,7 +189,8 @@ func (a *Agent) ListInterfaces(ctx context.Context) ([]*guestproto.Interface, er
 	return resp.Interfaces, nil
 }
 
-// UpdateRoutes adds or replaces routes and returns the guest's main table.
+// UpdateRoutes is Kata's update_routes: it adds or replaces routes and
+// returns Kata's list_routes.
 func (a *Agent) UpdateRoutes(ctx context.Context, routes []*guestproto.Route) ([]*guestproto.Route, error) {
 	resp, err := a.Call(ctx, &guestproto.Request{Cmd: guestproto.CmdUpdateRoutes, Routes: routes})
 	if err != nil {
@@ -188,14 +199,34 @@ func (a *Agent) UpdateRoutes(ctx context.Context, routes []*guestproto.Route) ([
 	return resp.Routes, nil
 }
 
-// ListRoutes returns the guest's main routing table. Dest is "" for a
-// default route, otherwise a CIDR.
+// ListRoutes is Kata's list_routes: the main table, with every gateway
+// route's Dest rewritten to "0.0.0.0" or "::1" (guestproto.Route).
 func (a *Agent) ListRoutes(ctx context.Context) ([]*guestproto.Route, error) {
 	resp, err := a.Call(ctx, &guestproto.Request{Cmd: guestproto.CmdListRoutes})
 	if err != nil {
 		return nil, err
 	}
 	return resp.Routes, nil
+}
+
+// Links returns the guest's links as its kernel has them (not Kata's
+// view).
+func (a *Agent) Links(ctx context.Context) ([]*guestproto.Link, error) {
+	resp, err := a.Call(ctx, &guestproto.Request{Cmd: guestproto.CmdInspectLinks})
+	if err != nil {
+		return nil, err
+	}
+	return resp.Links, nil
+}
+
+// KernelRoutes returns every route of every table of the guest as its
+// kernel has them (not Kata's view).
+func (a *Agent) KernelRoutes(ctx context.Context) ([]*guestproto.KernelRoute, error) {
+	resp, err := a.Call(ctx, &guestproto.Request{Cmd: guestproto.CmdInspectRoutes})
+	if err != nil {
+		return nil, err
+	}
+	return resp.KernelRoutes, nil
 }
 
 // ServeToken makes the guest listen on TCP port and answer every connection

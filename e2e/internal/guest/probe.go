@@ -98,11 +98,32 @@ func (a *Agent) WaitInterfaces(ctx context.Context, every time.Duration, ok func
 	}
 }
 
-// WaitRoutes is WaitInterfaces for the guest's main routing table.
-func (a *Agent) WaitRoutes(ctx context.Context, every time.Duration, ok func([]*guestproto.Route) error) ([]*guestproto.Route, error) {
+// WaitLinks asks the guest's kernel for its links every `every` until ok
+// returns nil, and returns that list; at ctx's end it returns ok's last
+// complaint.
+func (a *Agent) WaitLinks(ctx context.Context, every time.Duration, ok func([]*guestproto.Link) error) ([]*guestproto.Link, error) {
 	var last error
 	for {
-		rs, err := a.ListRoutes(ctx)
+		ls, err := a.Links(ctx)
+		if err == nil {
+			if err = ok(ls); err == nil {
+				return ls, nil
+			}
+		}
+		last = err
+		select {
+		case <-ctx.Done():
+			return ls, fmt.Errorf("guest links: %w (last: %v)", ctx.Err(), last)
+		case <-time.After(every):
+		}
+	}
+}
+
+// WaitRoutes is WaitLinks for the guest's routes (every table).
+func (a *Agent) WaitRoutes(ctx context.Context, every time.Duration, ok func([]*guestproto.KernelRoute) error) ([]*guestproto.KernelRoute, error) {
+	var last error
+	for {
+		rs, err := a.KernelRoutes(ctx)
 		if err == nil {
 			if err = ok(rs); err == nil {
 				return rs, nil
@@ -125,6 +146,40 @@ func FindInterface(infs []*guestproto.Interface, mac string) *guestproto.Interfa
 		}
 	}
 	return nil
+}
+
+// FindLink returns the guest link with this MAC (any case) and the lowest
+// index, or nil.
+func FindLink(ls []*guestproto.Link, mac string) *guestproto.Link {
+	for _, l := range ls {
+		if l != nil && strings.EqualFold(l.MAC, mac) {
+			return l
+		}
+	}
+	return nil
+}
+
+// LinkNamed returns the guest link named name, or nil.
+func LinkNamed(ls []*guestproto.Link, name string) *guestproto.Link {
+	for _, l := range ls {
+		if l != nil && l.Name == name {
+			return l
+		}
+	}
+	return nil
+}
+
+// LinkHasAddress reports whether l carries address/prefixLen.
+func LinkHasAddress(l *guestproto.Link, address string, prefixLen int) bool {
+	if l == nil {
+		return false
+	}
+	for _, a := range l.Addrs {
+		if a != nil && a.Address == address && a.PrefixLen == prefixLen {
+			return true
+		}
+	}
+	return false
 }
 
 // HasAddress reports whether inf carries address/prefixLen.

@@ -6,107 +6,112 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/vishvananda/netlink"
-
-	"github.com/kata-netmon/kata-netmon/e2e/internal/guest"
 	"github.com/kata-netmon/kata-netmon/hotplug"
 )
 
-// RemoveInterface: Kata 4.1's unplug, in the right order.
+// RemoveInterface and HotDetach of Kata 4.1 (virtcontainers/sandbox.go
+// RemoveInterface 1291-1307, network_linux.go RemoveEndpoints 664-710,
+// removeSingleEndpoint 263-307, veth_endpoint.go HotDetach 158-178).
 
-// RemoveInterface implements hotplug.Sandbox like Kata 4.1: the endpoint is
-// found by MAC; the result is (nil, nil) whether or not one was removed.
+// RemoveInterface implements hotplug.Sandbox like Sandbox.RemoveInterface:
+// the FIRST endpoint whose attach-time MAC equals inf.HwAddr as strings
+// (lowercase; an uppercase MAC matches nothing) is hot-detached; the result
+// is (nil, nil) whether it was removed, not found, or its detach failed
+// (R37, R38). Kata never asks the agent: the guest NIC goes with the PCI
+// unplug (R36).
 func (s *Sandbox) RemoveInterface(ctx context.Context, inf *hotplug.Interface) (res *hotplug.Interface, err error) {
 	c := &Call{Method: "RemoveInterface", Arg: inf.Clone(), Start: time.Now()}
 	defer func() { c.Result, c.Err = res.Clone(), err; s.record(c) }()
-	if inf == nil {
-		return nil, nil
-	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for i, ep := range s.eps {
-		if ep.HwAddr != inf.HwAddr {
-			continue
+	for _, ep := range s.eps {
+		if ep.HwAddr == inf.HwAddr { // a nil inf panics here, as in Kata
+			c.logf("Hot detaching endpoint (type %s)", ep.Kind)
+			_ = s.removeEndpoints(ctx, c, []*Endpoint{ep})
+			break
 		}
-		if s.opts.NoUnplug {
-			// Cloud Hypervisor's HotplugRemoveDevice for a NIC.
-			return inf, fmt.Errorf("Could not hot remove device: unsupported device: %s, type: %v", ep.Name, "NetDev")
-		}
-		if derr := s.detach(c, ep); derr != nil {
-			c.Swallowed = derr // Kata logs it and goes on
-		} else {
-			s.eps = append(s.eps[:i], s.eps[i+1:]...)
-		}
-		break
 	}
 	return nil, nil
 }
 
-// detach removes the device from QEMU (waiting for the guest to let go),
-// then the tc plumbing and the tap.
-func (s *Sandbox) detach(c *Call, ep *Endpoint) error {
-	ctx, cancel := context.WithTimeout(context.Background(), s.opts.UnplugWait)
-	defer cancel()
-	t := time.Now()
-	mark := s.vm.QMP.EventMark()
-	if _, err := s.vm.QMP.Execute(ctx, "device_del", map[string]any{"id": ep.DeviceID}); err != nil {
-		return err
-	}
-	if _, err := s.vm.QMP.WaitEvent(ctx, mark, "DEVICE_DELETED", guest.DeviceDeleted(ep.DeviceID)); err != nil {
-		return err
-	}
-	delete(s.busyPorts, ep.Bus)
-	t = c.phase("device_del+DEVICE_DELETED", t)
-	if _, err := s.vm.QMP.Execute(ctx, "netdev_del", map[string]any{"id": ep.TapName}); err != nil {
-		return err
-	}
-	t = c.phase("netdev_del", t)
-
-	var errs []error
-	if link, err := s.handle.LinkByIndex(ep.LinkIndex); err == nil {
-		// The same link (its ifindex), not whatever now has its name.
-		errs = append(errs, s.untc(link))
-		if err := s.handle.LinkSetDown(link); err != nil {
-			errs = append(errs, fmt.Errorf("Could not disable veth %s: %s", ep.Name, err))
+// removeEndpoints is RemoveEndpoints with an explicit list: endpoints not
+// in the list (by MAC) are skipped; each failure is logged ("Error removing
+// endpoint") and the next goes on; it returns nil. The error returned here
+// is only the last failure, for the rollback's log line.
+func (s *Sandbox) removeEndpoints(ctx context.Context, c *Call, list []*Endpoint) error {
+	var last error
+	for _, ep := range list {
+		if s.findEndpoint(ep.HwAddr) < 0 {
+			continue
+		}
+		if err := s.removeSingleEndpoint(ctx, c, ep); err != nil {
+			c.logf("Error removing endpoint %s : %v", ep.Name, err)
+			c.swallow(err)
+			last = err
 		}
 	}
-	if tap, err := s.handle.LinkByName(ep.TapName); err == nil {
-		errs = append(errs, s.untc(tap))
-		if err := s.handle.LinkSetDown(tap); err != nil {
-			errs = append(errs, fmt.Errorf("Could not disable TAP %s: %s", ep.TapName, err))
-		}
-		if err := s.handle.LinkDel(tap); err != nil {
-			errs = append(errs, fmt.Errorf("Could not remove TAP %s: %s", ep.TapName, err))
-		}
-	} else {
-		errs = append(errs, fmt.Errorf("Could not get TAP interface: %w", err))
-	}
-	c.phase("tc+tap removed", t)
-	return errors.Join(errs...)
+	return last
 }
 
-func (s *Sandbox) untc(link netlink.Link) error {
-	filters, err := s.handle.FilterList(link, netlink.MakeHandle(0xffff, 0))
-	if err != nil {
-		return err
-	}
-	for _, f := range filters {
-		if u, ok := f.(*netlink.U32); ok {
-			if err := s.handle.FilterDel(u); err != nil {
-				return err
-			}
+func (s *Sandbox) findEndpoint(mac string) int {
+	for i, ep := range s.eps {
+		if ep.HwAddr == mac {
+			return i
 		}
 	}
-	qdiscs, err := s.handle.QdiscList(link)
-	if err != nil {
+	return -1
+}
+
+// removeSingleEndpoint: the endpoint's index by MAC, its HotDetach, and
+// only if that worked, out of the list.
+func (s *Sandbox) removeSingleEndpoint(ctx context.Context, c *Call, ep *Endpoint) error {
+	if s.findEndpoint(ep.HwAddr) < 0 {
+		return errors.New("Endpoint not found")
+	}
+	if err := s.hotDetach(c, ep); err != nil {
 		return err
 	}
-	for _, q := range qdiscs {
-		if in, ok := q.(*netlink.Ingress); ok {
-			if err := s.handle.QdiscDel(in); err != nil {
-				return err
-			}
+	if i := s.findEndpoint(ep.HwAddr); i >= 0 {
+		s.eps = append(s.eps[:i], s.eps[i+1:]...)
+	}
+	return nil
+}
+
+// hotDetach is the endpoint's HotDetach.
+//
+// As shipped: nothing at all when Kata did not create the netns (R40;
+// tap endpoints have no such check); else the tap plumbing is torn down
+// first (its failure only logged: "Error un-bridging virtual ep"), which
+// finds the link BY NAME and sets it DOWN (R41), and only then is the
+// device removed from QEMU, whose tap is already gone (R39).
+//
+// With FixDetachOrder: QEMU first, then the plumbing (a hypervisor
+// failure returns before it, the endpoint kept); FixLinkByIndex finds the
+// link by index, FixKeepLinkUp leaves it up, FixDetachNotCreatedNetNS
+// detaches in a netns Kata did not create.
+func (s *Sandbox) hotDetach(c *Call, ep *Endpoint) error {
+	if s.opts.NetNSNotCreated && ep.Kind != "tap" && !s.has(FixDetachNotCreatedNetNS) {
+		c.logf("HotDetach: the netns was not created by Kata: nothing done")
+		return nil
+	}
+	t := time.Now()
+	unbridge := func() {
+		if err := s.xDisconnect(ep, true); err != nil {
+			c.logf("Error un-bridging virtual ep: %v", err)
+			c.swallow(fmt.Errorf("un-bridging %s: %w", ep.Name, err))
 		}
+		t = c.phase(map[Model]string{TCFilter: "tc+tap removed", MacVTap: "macvtap removed"}[ep.Model], t)
+	}
+	if !s.has(FixDetachOrder) {
+		unbridge()
+	}
+	if err := s.hotplugRemoveDevice(c, ep); err != nil {
+		c.logf("Error detach virtual ep: %v", err)
+		return err
+	}
+	t = time.Now()
+	if s.has(FixDetachOrder) {
+		unbridge()
 	}
 	return nil
 }

@@ -1,39 +1,11 @@
-// Package katasim is a test hotplug.Sandbox that does what Kata 4.1's Go
-// runtime does with QEMU (virtcontainers: sandbox.go AddInterface and
-// RemoveInterface, network_linux.go setupTCFiltering, qemu.go
-// hotplugNetDevice), on a real guest booted by the guest package.
-//
-// AddInterface looks the link up by name in the sandbox netns, creates a
-// multi-queue vnet_hdr tap "tap<N>_kata" there, mirrors link and tap both ways
-// with an ingress qdisc and a u32 match-all filter with a mirred egress
-// redirect, passes a tap queue fd to QEMU (getfd), adds a tap netdev and a
-// virtio-net-pci device on a free pcie-root-port, then has the guest agent
-// configure the NIC, which it finds by MAC.
-//
-// Kata's behaviour is copied where a monitor can observe it:
-//   - the tap index N is max(len(endpoints), last endpoint's N + 1);
-//   - a failed attach forgets every endpoint (Kata sets its list to nil), so a
-//     later RemoveInterface of an earlier MAC does nothing and the next tap
-//     index restarts at 0; the tap created before the failure is left behind;
-//   - inf.DevicePath is set to the PCI path of the FIRST endpoint;
-//   - the endpoint's MAC is the link's MAC read at attach time, and
-//     RemoveInterface compares it with inf.HwAddr as strings;
-//   - RemoveInterface returns (nil, nil) whether or not it removed anything
-//     (Kata logs detach errors and goes on); they are kept in the call log;
-//   - a failed agent update after a successful hot-plug detaches the endpoint;
-//   - UpdateRoutes(nil) returns (nil, nil) without asking the agent.
-//
-// Unlike Kata 4.1 it detaches in the right order: device_del, wait for
-// DEVICE_DELETED, netdev_del, then the tc filters, the ingress qdiscs and the
-// tap (and it sets the link down, as Kata does).
 package katasim
 
 import (
 	"context"
 	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
+	"os"
 	"strings"
 	"sync"
 	"time"
@@ -45,34 +17,29 @@ import (
 	"github.com/kata-netmon/kata-netmon/hotplug"
 )
 
-// Options configure a Sandbox.
-type Options struct {
-	// NetNS is the sandbox netns path; default: the VM's.
-	NetNS string
-	// NoUnplug makes the hypervisor unable to unplug NICs, like Cloud
-	// Hypervisor: RemoveInterface fails and Capabilities says so.
-	NoUnplug bool
-	// NoHotplug makes it unable to hot-plug NICs at all, like Firecracker:
-	// AddInterface fails and Capabilities is all false.
-	NoHotplug bool
-	// NICWait bounds how long the guest waits for a hot-plugged NIC
-	// (default 10 s, or less if the context ends sooner).
-	NICWait time.Duration
-	// UnplugWait bounds the wait for QEMU's DEVICE_DELETED (default 10 s).
-	UnplugWait time.Duration
-}
-
-// Endpoint is an attached NIC as the sandbox tracks it.
+// Endpoint is an attached NIC as Kata's LinuxNetwork keeps it (eps).
 type Endpoint struct {
-	Name      string // link name in the sandbox netns at attach time
-	HwAddr    string // the link's MAC at attach time (the guest NIC's MAC)
-	LinkIndex int    // the link's ifindex in the sandbox netns
-	Type      string
-	TapName   string // tap<N>_kata, also the QEMU netdev id
-	TapIndex  int
-	DeviceID  string // QEMU device id
-	Bus       string // pcie-root-port id
-	PCIPath   string
+	ID     string // the endpoint's UUID (TapInterface.ID)
+	Kind   string // Kata's endpoint type: "virtual" (veth), "macvlan", "ipvlan", "tap"
+	Model  Model
+	Name   string // VirtIface.Name: the request's Name, the link's name at attach time
+	HwAddr string // TAPIface.HardAddr: the link's MAC at attach time (the guest NIC's MAC), lowercase
+	// LinkIndex is the link's ifindex at attach. Kata as shipped does not
+	// record it; with FixLinkByIndex the teardown finds the link by it.
+	LinkIndex int
+	// VirtMAC is VirtIface.HardAddr, the random MAC the macvtap model
+	// gives the link; SavedAddrs the addresses it took from the link.
+	VirtMAC    string
+	SavedAddrs []netlink.Addr
+	TapIndex   int    // N of tap<N>_kata
+	TapName    string // tap<N>_kata: a tun tap (tcfilter) or a macvtap
+	NetdevID   string // br<N>_kata: the QEMU netdev id
+	DeviceID   string // virtio-<ID>: the QEMU device id
+	Bus        string // the pcie-root-port it sits on
+	PCIPath    string // Kata's PCI path ("03/00"); "" until hot-plugged
+
+	props netInfo // what generateNetInfo or the scan gave (RescanNetwork reads it)
+	fds   []*os.File
 }
 
 // Phase is one timed step of a call.
@@ -88,35 +55,48 @@ type Call struct {
 	Arg    any // *hotplug.Interface (a copy) or []*hotplug.Route
 	Result any
 	Err    error
-	// Swallowed is an error Kata would log but not return (detach).
+	// Swallowed is what Kata logs but does not return (a failed detach
+	// inside RemoveInterface, a rollback's own failure).
 	Swallowed error
-	Start     time.Time
-	Took      time.Duration
-	Phases    []Phase
+	// Logs are the lines Kata's runtime and agent would log during the
+	// call at info level or above that a test may look for ("Error
+	// un-bridging virtual ep", the agent's MAC reconciliation).
+	Logs   []string
+	Start  time.Time
+	Took   time.Duration
+	Phases []Phase
 }
 
-// Sandbox implements hotplug.Sandbox on a guest.VM.
+// Sandbox implements hotplug.Sandbox on a guest.VM the way Kata 4.1's Go
+// runtime with QEMU does: see the package doc and docs/kata-model.md.
 type Sandbox struct {
-	vm   *guest.VM
-	opts Options
+	vm    *guest.VM
+	opts  Options
+	fixes Fix
 
 	ns     netns.NsHandle
 	handle *netlink.Handle
 
-	// mu serialises network changes (Kata holds the sandbox lock).
-	mu        sync.Mutex
-	eps       []*Endpoint
-	busyPorts map[string]string // root port id -> device id
-	fdSeq     int
+	// mu serialises the network methods. Kata takes no lock there (R47);
+	// its callers here (the reconciler, OneNIC) never overlap calls, so
+	// the lock hides no race of theirs and keeps katasim's own state safe.
+	mu    sync.Mutex
+	eps   []*Endpoint
+	slots map[string]string // root port id -> endpoint ID (Kata's bridge slot map)
+	held  []*os.File        // tap and macvtap queue fds: the shim keeps them (R30)
 
 	logMu    sync.Mutex
 	calls    []Call
 	recorded chan struct{} // closed and replaced on every recorded call
 }
 
-var _ hotplug.Sandbox = (*Sandbox)(nil)
+var (
+	_ hotplug.Sandbox   = (*Sandbox)(nil)
+	_ hotplug.Rescanner = (*Sandbox)(nil)
+)
 
-// New returns a sandbox for vm. Close releases its netlink handle.
+// New returns a sandbox for vm. Close releases its netlink handle and the
+// queue fds it holds.
 func New(vm *guest.VM, opts Options) (*Sandbox, error) {
 	if opts.NetNS == "" {
 		opts.NetNS = vm.NetNS
@@ -139,20 +119,62 @@ func New(vm *guest.VM, opts Options) (*Sandbox, error) {
 		ns.Close()
 		return nil, fmt.Errorf("katasim: netlink handle in %s: %w", opts.NetNS, err)
 	}
-	return &Sandbox{vm: vm, opts: opts, ns: ns, handle: h, busyPorts: map[string]string{}, recorded: make(chan struct{})}, nil
+	return &Sandbox{vm: vm, opts: opts, fixes: opts.fixes(), ns: ns, handle: h, slots: map[string]string{}, recorded: make(chan struct{})}, nil
 }
 
-// Close releases the netlink handle and the netns handle. It detaches
-// nothing: the VM and the netns go away with the test.
+// Close releases the netlink handle, the netns handle and the queue fds
+// the "shim" held. It detaches nothing: the VM and the netns go away with
+// the test.
 func (s *Sandbox) Close() error {
+	s.mu.Lock()
+	for _, f := range s.held {
+		f.Close()
+	}
+	s.held = nil
+	s.mu.Unlock()
 	s.handle.Close()
 	return s.ns.Close()
 }
 
-// Capabilities implements hotplug.Sandbox.
+// Options returns the options the sandbox runs with (defaults filled in).
+func (s *Sandbox) Options() Options { return s.opts }
+
+// Fixes returns the patch series' fixes this sandbox has.
+func (s *Sandbox) Fixes() Fix { return s.fixes }
+
+func (s *Sandbox) has(f Fix) bool { return s.fixes&f != 0 }
+
+// OneNICWhy is what production says when it refuses a second NIC on a
+// runtime without the PCI-path fix (hotplug.OneNIC's why).
+const OneNICWhy = "Kata 4.1 as shipped tells its agent the first NIC's PCI path with every hot-plugged NIC " +
+	"(virtcontainers/sandbox.go AddInterface), and the agent then gives that NIC, the guest's eth0, the new MAC and " +
+	"configuration: install the runtime with the kata-netmon patch series " +
+	"(0001 \"runtime: give the agent the PCI path of the hot-plugged NIC\")"
+
+// Port returns the sandbox as production hands it to the monitor for this
+// runtime (shimhook/kata): wrapped in hotplug.OneNIC, which attaches the
+// start-time networks through RescanNetwork and refuses any later NIC, when
+// the runtime lacks the PCI-path fix; the sandbox itself otherwise. Its
+// Capabilities carry the hazards production sets (DetachByName without
+// the link-by-index fix, ReMACsLink in the macvtap model).
+func (s *Sandbox) Port() hotplug.Sandbox {
+	if s.has(FixPCIPath) {
+		return s
+	}
+	return hotplug.OneNIC(s, OneNICWhy)
+}
+
+// Capabilities implements hotplug.Sandbox: QEMU hot-plugs and unplugs
+// NICs (unless NoHotplug or NoUnplug); DetachByName unless the runtime has
+// FixLinkByIndex; ReMACsLink in the macvtap model.
 func (s *Sandbox) Capabilities() hotplug.Capabilities {
 	c := &Call{Method: "Capabilities", Start: time.Now()}
-	caps := hotplug.Capabilities{HotplugNIC: true, HotUnplugNIC: !s.opts.NoUnplug}
+	caps := hotplug.Capabilities{
+		HotplugNIC:   true,
+		HotUnplugNIC: !s.opts.NoUnplug,
+		DetachByName: !s.has(FixLinkByIndex),
+		ReMACsLink:   s.opts.Model == MacVTap,
+	}
 	if s.opts.NoHotplug {
 		caps = hotplug.Capabilities{}
 	}
@@ -185,13 +207,15 @@ func (s *Sandbox) callsOfLocked(method string) []Call {
 	return out
 }
 
-// Endpoints returns copies of the endpoints the sandbox knows.
+// Endpoints returns copies of the endpoints the sandbox knows, in Kata's
+// order.
 func (s *Sandbox) Endpoints() []Endpoint {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	out := make([]Endpoint, len(s.eps))
 	for i, ep := range s.eps {
 		out[i] = *ep
+		out[i].fds = nil
 	}
 	return out
 }
@@ -239,19 +263,41 @@ func (c Call) PhasesString() string {
 	return b.String()
 }
 
+// Phase returns the duration of the named phase (0 if the call had none).
+func (c Call) Phase(name string) time.Duration {
+	var d time.Duration
+	for _, p := range c.Phases {
+		if p.Name == name {
+			d += p.Took
+		}
+	}
+	return d
+}
+
 func (c *Call) phase(name string, since time.Time) time.Time {
 	now := time.Now()
 	c.Phases = append(c.Phases, Phase{Name: name, Took: now.Sub(since)})
 	return now
 }
 
-// ListInterfaces implements hotplug.Sandbox: the guest's view.
+func (c *Call) logf(format string, args ...any) {
+	c.Logs = append(c.Logs, fmt.Sprintf(format, args...))
+}
+
+func (c *Call) swallow(err error) {
+	if err != nil {
+		c.Swallowed = errors.Join(c.Swallowed, err)
+	}
+}
+
+// ListInterfaces implements hotplug.Sandbox: Kata's agent list, uppercase
+// MACs and inverted families included (R68).
 func (s *Sandbox) ListInterfaces(ctx context.Context) (res []*hotplug.Interface, err error) {
 	c := &Call{Method: "ListInterfaces", Start: time.Now()}
 	defer func() { c.Result, c.Err = res, err; s.record(c) }()
 	got, err := s.vm.Agent.ListInterfaces(ctx)
 	if err != nil {
-		return nil, err
+		return nil, rpcError(err)
 	}
 	for _, g := range got {
 		res = append(res, fromGuestInterface(g))
@@ -259,26 +305,31 @@ func (s *Sandbox) ListInterfaces(ctx context.Context) (res []*hotplug.Interface,
 	return res, nil
 }
 
-// UpdateRoutes implements hotplug.Sandbox: the agent adds or replaces each
-// route (a route naming a device the guest lacks fails the call) and
-// returns the guest's routes.
+// UpdateRoutes implements hotplug.Sandbox: nil makes no agent call and
+// returns (nil, nil) (R44); otherwise the agent adds or replaces each
+// route, gateway-less ones first, flags as the kernel takes them, and
+// returns its lossy list_routes (R63-R67).
 func (s *Sandbox) UpdateRoutes(ctx context.Context, routes []*hotplug.Route) (res []*hotplug.Route, err error) {
 	c := &Call{Method: "UpdateRoutes", Arg: copyRoutes(routes), Start: time.Now()}
 	defer func() { c.Result, c.Err = copyRoutes(res), err; s.record(c) }()
 	if routes == nil {
 		return nil, nil
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	got, err := s.vm.Agent.UpdateRoutes(ctx, toGuestRoutes(routes))
-	return fromGuestRoutes(got), err
+	if err != nil {
+		return nil, rpcError(err)
+	}
+	return fromGuestRoutes(got), nil
 }
 
-// ListRoutes returns the guest's main routing table (Dest "" for a default
-// route). Kata has it too; hotplug.Sandbox does not.
+// ListRoutes is Kata's ListRoutes (hotplug.Sandbox does not have it): the
+// agent's list_routes, which rewrites every gateway route's Dest (R67).
 func (s *Sandbox) ListRoutes(ctx context.Context) ([]*hotplug.Route, error) {
 	got, err := s.vm.Agent.ListRoutes(ctx)
-	return fromGuestRoutes(got), err
+	if err != nil {
+		return nil, rpcError(err)
+	}
+	return fromGuestRoutes(got), nil
 }
 
 func copyRoutes(rs []*hotplug.Route) []*hotplug.Route {
@@ -295,8 +346,11 @@ func copyRoutes(rs []*hotplug.Route) []*hotplug.Route {
 	return out
 }
 
-func randomHex(n int) string {
-	b := make([]byte, n)
+// newUUID is a random (version 4) UUID, as Kata's uuid.Generate.
+func newUUID() string {
+	b := make([]byte, 16)
 	_, _ = rand.Read(b)
-	return hex.EncodeToString(b)
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
 }

@@ -1,8 +1,13 @@
 // Command agent is the e2e test agent that runs inside the QEMU guest (started
 // by the initramfs's /init). It answers JSON lines (guestproto) on a serial
-// port and configures the guest's network the way Kata's agent does
-// (src/agent/src/netlink.rs in Kata 4.1): NICs are found by MAC, routes name
-// devices by name and are added or replaced, never deleted.
+// port. Its update_interface, list_interfaces, update_routes and list_routes
+// follow Kata 4.1's agent (src/agent/src/rpc.rs and netlink.rs at
+// 7c6ba40c54) request by request on the guest's kernel: the PCI wait and the
+// MAC reconciliation at DevicePath, the by-MAC first match and 4.1's by-name
+// fallback, the down/addresses/rename/up order with its "_temp" swap, routes
+// added with NLM_F_REPLACE and never deleted, and the lists' quirks.
+// docs/kata-model.md is the rule table. inspect_links and inspect_routes
+// (not Kata's) show tests the kernel's state.
 //
 // Build it static: CGO_ENABLED=0 go build ./e2e/internal/guest/agent
 package main
@@ -24,10 +29,10 @@ import (
 	"github.com/kata-netmon/kata-netmon/e2e/internal/guest/guestproto"
 )
 
-// defaultNICTimeout bounds update_interface's wait for the NIC when the
-// request gives none (Kata's agent waits on the PCI path for 3 s; TCG is
-// slower).
-const defaultNICTimeout = 10 * time.Second
+// defaultHotplugTimeout bounds update_interface's wait for a net device at
+// DevicePath when the request gives none: Kata's agent.hotplug_timeout
+// (src/agent/src/config.rs DEFAULT_HOTPLUG_TIMEOUT).
+const defaultHotplugTimeout = 3 * time.Second
 
 func main() {
 	port := flag.String("port", "/dev/ttyS1", "serial port to serve on")
@@ -84,7 +89,8 @@ type agent struct {
 	outMu sync.Mutex
 	out   *os.File
 
-	// netMu serialises network changes, like the sandbox lock in Kata's agent.
+	// netMu is Kata's agent sandbox lock: update_interface (after its
+	// PCI wait), update_routes and the lists hold it.
 	netMu   sync.Mutex
 	srvMu   sync.Mutex
 	servers map[int]*tokenServer
@@ -98,14 +104,21 @@ func (a *agent) handle(req *guestproto.Request) {
 	case guestproto.CmdPing:
 	case guestproto.CmdUpdateInterface:
 		var waited time.Duration
-		resp.Interface, waited, err = a.updateInterface(req.Interface, time.Duration(req.TimeoutMS)*time.Millisecond)
+		resp.Interface, waited, resp.Notes, err = a.updateInterface(req.Interface, time.Duration(req.TimeoutMS)*time.Millisecond)
 		resp.NICWaitUS = waited.Microseconds()
+		for _, n := range resp.Notes {
+			log.Printf("update_interface #%d: %s", req.ID, n)
+		}
 	case guestproto.CmdListInterfaces:
-		resp.Interfaces, err = listInterfaces()
+		resp.Interfaces, err = a.listInterfaces()
 	case guestproto.CmdUpdateRoutes:
 		resp.Routes, err = a.updateRoutes(req.Routes)
 	case guestproto.CmdListRoutes:
-		resp.Routes, err = listRoutes()
+		resp.Routes, err = a.listRoutes()
+	case guestproto.CmdInspectLinks:
+		resp.Links, err = inspectLinks()
+	case guestproto.CmdInspectRoutes:
+		resp.KernelRoutes, err = inspectRoutes()
 	case guestproto.CmdServeToken:
 		err = a.serveToken(req.Port, req.Token)
 	default:

@@ -4,23 +4,29 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strconv"
 	"strings"
+	"syscall"
 
-	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
 
 	"github.com/kata-netmon/kata-netmon/e2e/internal/guest/guestproto"
 )
 
-// update_routes and list_routes: routes name devices by name and are added
-// or replaced, never deleted.
+// update_routes as Kata 4.1's agent does it (src/agent/src/rpc.rs
+// update_routes 1302-1334, netlink.rs update_routes 509-658).
 
+// updateRoutes adds the routes without a gateway first, then the others
+// (input order kept in each), and answers with list_routes. The first
+// failure ends it ("Failed to update routes: ..."); routes added before it
+// stay. Nothing is ever deleted.
 func (a *agent) updateRoutes(routes []*guestproto.Route) ([]*guestproto.Route, error) {
+	if routes == nil {
+		return nil, errors.New("empty update routes request")
+	}
 	a.netMu.Lock()
 	defer a.netMu.Unlock()
-	// Kata adds the routes without a gateway first (the gateway must be
-	// reachable), each looked up by device name; the first failure ends
-	// the call.
 	var direct, viaGW []*guestproto.Route
 	for _, r := range routes {
 		if r == nil {
@@ -37,101 +43,115 @@ func (a *agent) updateRoutes(routes []*guestproto.Route) ([]*guestproto.Route, e
 			return nil, fmt.Errorf("Failed to update routes: %w", err)
 		}
 	}
-	return listRoutes()
+	out, err := listRoutesLocked()
+	if err != nil {
+		return nil, fmt.Errorf("Failed to list routes after update: %w", err)
+	}
+	return out, nil
 }
 
+// addRoute adds one route the way Kata's agent builds it: the device
+// looked up by name; RTM_NEWROUTE with NLM_F_CREATE|NLM_F_REPLACE, main
+// table, unicast, proto boot, the request's scope, rtm_flags = Flags as
+// given (the kernel decides: IPv4 refuses RTNH_F_DEAD and RTNH_F_LINKDOWN
+// with EINVAL), RTAX_MTU if set, the destination parsed as IPv6 when Family
+// is v6 and as IPv4 otherwise ("" is the default route), Source parsed as a
+// network: prefix > 0 (a bare address is /32 or /128) goes as RTA_SRC, a
+// source-specific route; only "ip/0" becomes RTA_PREFSRC. Every netlink
+// error ends the call: the agent compares the negative errno it gets with
+// EEXIST, which never matches.
 func addRoute(r *guestproto.Route) error {
-	link, err := netlink.LinkByName(r.Device)
+	l, err := getLinkByName(r.Device)
 	if err != nil {
-		return fmt.Errorf("Link not found (name %q): %w", r.Device, err)
+		return err
 	}
 	v6 := r.Family == guestproto.FamilyV6
-	nr := &netlink.Route{
-		LinkIndex: link.Attrs().Index,
-		Table:     unix.RT_TABLE_MAIN,
-		Type:      unix.RTN_UNICAST,
-		Protocol:  unix.RTPROT_BOOT,
-		Scope:     netlink.Scope(r.Scope),
-		Flags:     int(r.Flags),
-		MTU:       int(r.Mtu),
+	bits, fam, famName := 32, unix.AF_INET, "4"
+	if v6 {
+		bits, fam, famName = 128, unix.AF_INET6, "6"
 	}
-	if r.Dest == "" {
-		nr.Dst = &net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)}
-		if v6 {
-			nr.Dst = &net.IPNet{IP: net.IPv6zero, Mask: net.CIDRMask(0, 128)}
+	dst, dstLen := net.IP(make([]byte, bits/8)), 0
+	if r.Dest != "" {
+		if dst, dstLen, err = parseNetwork(r.Dest, v6); err != nil {
+			return err
 		}
-	} else {
-		_, dst, err := net.ParseCIDR(r.Dest)
+	}
+	msg := nl.NewRtMsg()
+	msg.Family = uint8(fam)
+	msg.Dst_len = uint8(dstLen)
+	msg.Table = unix.RT_TABLE_MAIN
+	msg.Protocol = unix.RTPROT_BOOT
+	msg.Type = unix.RTN_UNICAST
+	msg.Scope = uint8(r.Scope)
+	msg.Flags = r.Flags
+	var attrs []*nl.RtAttr
+	if r.Mtu != 0 {
+		metrics := nl.NewRtAttr(unix.RTA_METRICS, nil)
+		metrics.AddRtAttr(unix.RTAX_MTU, nl.Uint32Attr(r.Mtu))
+		attrs = append(attrs, metrics)
+	}
+	attrs = append(attrs, nl.NewRtAttr(unix.RTA_DST, dst), nl.NewRtAttr(unix.RTA_OIF, nl.Uint32Attr(uint32(l.hdr.Index))))
+	if r.Source != "" {
+		src, srcLen, err := parseNetwork(r.Source, v6)
 		if err != nil {
-			ip := net.ParseIP(r.Dest)
-			if ip == nil {
-				return fmt.Errorf("parse route destination %q: %w", r.Dest, err)
-			}
-			bits := 32
-			if ip.To4() == nil {
-				bits = 128
-			} else {
-				ip = ip.To4()
-			}
-			dst = &net.IPNet{IP: ip, Mask: net.CIDRMask(bits, bits)}
+			return err
 		}
-		nr.Dst = dst
+		if srcLen > 0 {
+			msg.Src_len = uint8(srcLen)
+			attrs = append(attrs, nl.NewRtAttr(unix.RTA_SRC, src))
+		} else {
+			attrs = append(attrs, nl.NewRtAttr(unix.RTA_PREFSRC, src))
+		}
 	}
 	if r.Gateway != "" {
-		if nr.Gw = net.ParseIP(r.Gateway); nr.Gw == nil {
-			return fmt.Errorf("parse gateway %q", r.Gateway)
+		gw := net.ParseIP(r.Gateway)
+		if gw == nil || (v6 && gw.To4() != nil && !strings.Contains(r.Gateway, ":")) || (!v6 && gw.To4() == nil) {
+			return fmt.Errorf("invalid IP address syntax: %q", r.Gateway)
 		}
+		if v6 {
+			gw = gw.To16()
+		} else {
+			gw = gw.To4()
+		}
+		attrs = append(attrs, nl.NewRtAttr(unix.RTA_GATEWAY, gw))
 	}
-	if r.Source != "" {
-		// A preferred source address ("10.0.0.2" or "10.0.0.2/32").
-		src := r.Source
-		if i := strings.IndexByte(src, '/'); i >= 0 {
-			src = src[:i]
-		}
-		if nr.Src = net.ParseIP(src); nr.Src == nil {
-			return fmt.Errorf("parse route source %q", r.Source)
-		}
+	req := nl.NewNetlinkRequest(unix.RTM_NEWROUTE, unix.NLM_F_ACK|unix.NLM_F_CREATE|unix.NLM_F_REPLACE)
+	req.AddData(msg)
+	for _, a := range attrs {
+		req.AddData(a)
 	}
-	if err := netlink.RouteReplace(nr); err != nil && !errors.Is(err, unix.EEXIST) {
-		return fmt.Errorf("Failed to add route (src: %s, dst: %s, gtw: %s, dev: %s): %w", r.Source, r.Dest, r.Gateway, r.Device, err)
+	if _, err := req.Execute(unix.NETLINK_ROUTE, 0); err != nil {
+		var errno syscall.Errno
+		if errors.As(err, &errno) {
+			return fmt.Errorf("Failed to add IP v%s route (src: %s, dst: %s, gtw: %s,Err: %s)", famName, r.Source, r.Dest, r.Gateway, ioErrorString(errno))
+		}
+		// Kata's agent drops errors that are not the kernel's.
 	}
 	return nil
 }
 
-func listRoutes() ([]*guestproto.Route, error) {
-	rs, err := netlink.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
-	if err != nil {
-		return nil, err
+// parseNetwork is ipnetwork's Ipv4Network/Ipv6Network::from_str: "ip" or
+// "ip/len"; host bits are kept (the kernel judges them).
+func parseNetwork(s string, v6 bool) (net.IP, int, error) {
+	ipStr, lenStr, hasLen := strings.Cut(s, "/")
+	ip := net.ParseIP(ipStr)
+	bits := 32
+	if v6 {
+		bits = 128
 	}
-	names := map[int]string{}
-	if links, err := netlink.LinkList(); err == nil {
-		for _, l := range links {
-			names[l.Attrs().Index] = l.Attrs().Name
-		}
+	if ip == nil || (v6 != strings.Contains(ipStr, ":")) {
+		return nil, 0, fmt.Errorf("invalid address: %s", s)
 	}
-	out := make([]*guestproto.Route, 0, len(rs))
-	for _, r := range rs {
-		hr := &guestproto.Route{
-			Device: names[r.LinkIndex],
-			Scope:  uint32(r.Scope),
-			Flags:  uint32(r.Flags),
-			Mtu:    uint32(r.MTU),
+	n := bits
+	if hasLen {
+		v, err := strconv.Atoi(lenStr)
+		if err != nil || v < 0 || v > bits {
+			return nil, 0, fmt.Errorf("invalid prefix: %s", s)
 		}
-		if r.Family == unix.AF_INET6 {
-			hr.Family = guestproto.FamilyV6
-		}
-		if r.Dst != nil {
-			if ones, _ := r.Dst.Mask.Size(); ones > 0 {
-				hr.Dest = r.Dst.String()
-			}
-		}
-		if r.Gw != nil {
-			hr.Gateway = r.Gw.String()
-		}
-		if r.Src != nil {
-			hr.Source = r.Src.String()
-		}
-		out = append(out, hr)
+		n = v
 	}
-	return out, nil
+	if v6 {
+		return ip.To16(), n, nil
+	}
+	return ip.To4(), n, nil
 }
