@@ -147,8 +147,9 @@ func (s *Sandbox) has(f Fix) bool { return s.fixes&f != 0 }
 // OneNICWhy is what production says when it refuses a second NIC on a
 // runtime without the PCI-path fix (hotplug.OneNIC's why).
 const OneNICWhy = "Kata 4.1 as shipped tells its agent the first NIC's PCI path with every hot-plugged NIC " +
-	"(virtcontainers/sandbox.go AddInterface), and the agent then gives that NIC, the guest's eth0, the new MAC and " +
-	"configuration: install the runtime with the kata-netmon patch series " +
+	"(virtcontainers/sandbox.go AddInterface): the agent then does not wait for the new NIC and, unless the guest " +
+	"has probed it already, fails (\"No such device\"), and Kata's rollback sets the container's link down. " +
+	"Install the runtime with the kata-netmon patch series " +
 	"(0001 \"runtime: give the agent the PCI path of the hot-plugged NIC\")"
 
 // Port returns the sandbox as production hands it to the monitor for this
