@@ -429,3 +429,34 @@ func lostConnections(ctx context.Context, t *testing.T, l *lab, ip string, port,
 	}
 	return lost
 }
+
+// TestMacvtapRoutesGone (R28): with the macvtap model, the attach takes
+// the link's addresses, and the kernel its routes with them: the sandbox
+// netns can take no route through the link any more. Docker's own route
+// changes through an attached link then fail (a connect with
+// --gw-priority racing the attach, the default route Docker restores
+// after a disconnect). Patched or not; no monitor can give the addresses
+// back.
+func TestMacvtapRoutesGone(t *testing.T) {
+	l := newLab(t, 0)
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	sb := l.sim(t, katasim.Options{Model: katasim.MacVTap})
+	e := l.endpoint(t, "eth0")
+	gw := net.ParseIP(l.gateway())
+	must(t, l.Sandbox.RouteAdd(&netlink.Route{LinkIndex: e.Index, Gw: gw}))
+	if _, err := sb.AddInterface(ctx, interfaceOf(t, l.Sandbox, e.Index)); err != nil {
+		t.Fatal(err)
+	}
+	rs, err := l.Sandbox.RouteList(l.link(t, e.Index), netlink.FAMILY_V4)
+	must(t, err)
+	if len(rs) != 0 {
+		t.Errorf("routes through eth0 after the attach: %+v, want none", rs)
+	}
+	err = l.Sandbox.RouteAdd(&netlink.Route{LinkIndex: e.Index, Gw: gw})
+	if err == nil || !strings.Contains(err.Error(), "unreachable") {
+		t.Fatalf("default route via %s dev eth0 after the attach: %v, want network unreachable", gw, err)
+	}
+	t.Logf("ip route add default via %s dev eth0: %v", gw, err)
+	l.reach(ctx, t, e.IP, 8080)
+}

@@ -48,20 +48,36 @@ type Sandbox struct {
 	closeOnce sync.Once
 }
 
-// Run runs a busybox container on network, then boots a guest with no NIC
-// in its netns: the Docker 28+ order, where Docker has configured the
-// container's interfaces before the shim's Start. Close (also run on t's
-// cleanup) stops the guest first, then removes the container.
-func Run(t testing.TB, env *dockerenv.Env, img, network string) *Sandbox {
+// Run runs a busybox container on the networks (at least one; several are
+// all configured before the container starts, as `docker run --network a
+// --network b` does), then boots a guest with no NIC in its netns: the
+// Docker 28+ order, where Docker has configured the container's
+// interfaces before the shim's Start. Close (also run on t's cleanup)
+// stops the guest first, then removes the container.
+func Run(t testing.TB, env *dockerenv.Env, img string, networks ...string) *Sandbox {
 	t.Helper()
+	return RunWith(t, env, img, guest.Options{}, networks...)
+}
+
+// RunWith is Run with options for the guest (its netns is the container's).
+func RunWith(t testing.TB, env *dockerenv.Env, img string, opts guest.Options, networks ...string) *Sandbox {
+	t.Helper()
+	if len(networks) == 0 {
+		t.Fatal("dockerguest.Run: no network")
+	}
 	s := &Sandbox{Env: env, Container: dockerenv.UniqueName("knm-sbx")}
 	start := time.Now()
-	s.ID = env.MustDocker(t, "run", "--detach", "--name", s.Container, "--network", network, img, "sleep", "3600")
+	args := []string{"run", "--detach", "--name", s.Container}
+	for _, n := range networks {
+		args = append(args, "--network", n)
+	}
+	s.ID = env.MustDocker(t, append(args, img, "sleep", "3600")...)
 	t.Cleanup(func() { s.Close(t) })
 	s.Pid = env.ContainerPid(t, s.Container)
 	s.NetNS = fmt.Sprintf("/proc/%d/ns/net", s.Pid)
-	t.Logf("docker run %s: %v (pid %d)", s.Container, time.Since(start).Round(time.Millisecond), s.Pid)
-	s.VM = guest.Boot(t, guest.Options{NetNS: s.NetNS})
+	t.Logf("docker run %s on %v: %v (pid %d)", s.Container, networks, time.Since(start).Round(time.Millisecond), s.Pid)
+	opts.NetNS = s.NetNS
+	s.VM = guest.Boot(t, opts)
 	return s
 }
 
