@@ -12,7 +12,9 @@ import (
 
 	"github.com/kata-netmon/kata-netmon/e2e/internal/dockerguest"
 	"github.com/kata-netmon/kata-netmon/e2e/internal/logrec"
+	"github.com/kata-netmon/kata-netmon/e2e/internal/shimcfg"
 	"github.com/kata-netmon/kata-netmon/hotplug"
+	"github.com/kata-netmon/kata-netmon/netmon/netmontest"
 	"github.com/kata-netmon/kata-netmon/shimhook"
 )
 
@@ -31,11 +33,18 @@ type shimMonitor struct {
 // level; info and above also go to t.Log. It is stopped on t's cleanup.
 func startMonitor(t *testing.T, s *dockerguest.Sandbox, sb hotplug.Sandbox) *shimMonitor {
 	t.Helper()
+	return startMonitorWith(t, func(log *logrus.Entry) shimhook.Config { return s.ShimConfig(sb, log) })
+}
+
+// startMonitorWith is startMonitor with the config cfg returns for the
+// recorded log.
+func startMonitorWith(t *testing.T, cfg func(*logrus.Entry) shimhook.Config) *shimMonitor {
+	t.Helper()
 	log := logrec.New(t, logrus.PanicLevel, logrus.FatalLevel, logrus.ErrorLevel, logrus.WarnLevel, logrus.InfoLevel)
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	defer cancel()
 	start := time.Now()
-	m, err := shimhook.Start(ctx, s.ShimConfig(sb, log.Log))
+	m, err := shimhook.Start(ctx, cfg(log.Log))
 	took := time.Since(start)
 	if err != nil && !errors.Is(err, shimhook.ErrNotMonitored) {
 		t.Fatalf("shimhook.Start: %v", err)
@@ -49,6 +58,18 @@ func startMonitor(t *testing.T, s *dockerguest.Sandbox, sb hotplug.Sandbox) *shi
 		}
 	})
 	return &shimMonitor{m: m, log: log, took: took, notMonitored: err}
+}
+
+// startLabMonitor starts the monitor on a lab's sandbox netns, driving sb,
+// with the lab's dockerd netns as the peer netns.
+func startLabMonitor(t *testing.T, l *lab, sb hotplug.Sandbox) *shimMonitor {
+	t.Helper()
+	return startMonitorWith(t, func(log *logrus.Entry) shimhook.Config {
+		cfg := shimcfg.Docker(netmontest.RandName(), sb, l.SandboxPath, l.DockerdPath)
+		cfg.HypervisorPID = l.vm.Pid
+		cfg.Log = log
+		return cfg
+	})
 }
 
 // remaining is the time left before ctx's deadline (a minute if it has
