@@ -27,7 +27,11 @@ import (
 // lab on patched katasim.
 //   - R65: a route of a link without carrier carries RTNH_F_LINKDOWN,
 //     which IPv4 refuses on add: the monitor sends no status flags, so a
-//     route added while the carrier is off still reaches the guest.
+//     route added while the carrier is off still reaches the guest;
+//   - R66: the agent makes a bare Source a source prefix (RTA_SRC): the
+//     monitor does not send the preferred source, so the guest's route is
+//     not source-specific (it has no preferred source either: the agent
+//     would take one only as "ip/0").
 func TestMonitorRoutes(t *testing.T) {
 	l := newLab(t, 0)
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
@@ -59,6 +63,15 @@ func TestMonitorRoutes(t *testing.T) {
 		}
 	}
 	waitGuestRoute(t, "default route", func(r *guestproto.KernelRoute) bool { return r.Default() && r.Gateway == l.gateway() })
+
+	t.Run("Source", func(t *testing.T) {
+		ip := net.ParseIP(e.IP)
+		_, dst, _ := net.ParseCIDR("10.81.0.0/24")
+		must(t, l.Sandbox.RouteAdd(&netlink.Route{LinkIndex: e.Index, Dst: dst, Src: ip, Scope: unix.RT_SCOPE_LINK, Protocol: unix.RTPROT_BOOT}))
+		waitGuestRoute(t, "10.81.0.0/24, not source-specific", func(r *guestproto.KernelRoute) bool {
+			return r.Dst == "10.81.0.0/24" && r.Src == ""
+		})
+	})
 
 	t.Run("LinkDown", func(t *testing.T) {
 		// The host end down: eth0 loses its carrier, its routes get
