@@ -18,8 +18,14 @@ type Rescanner interface {
 // OneNIC wraps a sandbox that configures a hot-plugged NIC correctly only
 // while the guest has no other NIC. Kata without the PCI-path fix is one:
 // Sandbox.AddInterface announces the FIRST endpoint's PCI path with every
-// NIC, and its agent (3.32.0 and later) then gives the NIC at that path, the
-// guest's existing eth0, the new MAC and configuration.
+// NIC. Its agent then finds a net device at that path at once (eth0) instead
+// of waiting for the new NIC; unless the guest has probed the new NIC
+// already, agent 4.1's lookup by MAC misses and its fallback by name fails
+// ("No such device", not retried), and Kata's rollback sets the container's
+// link down. (For a NIC whose netdev sits right under its PCI function, as
+// with VFIO, agent 3.32.0 and later also give that NIC, eth0, the new MAC
+// and configuration; a virtio-net NIC's netdev sits under virtioN/ and is
+// not touched. docs/kata-model.md, R17 and R53-R58.)
 //
 // Every AddInterface first lists the guest, then:
 //   - a NIC the guest already has with that MAC is returned as is (adopted);
@@ -69,7 +75,9 @@ func (o *oneNIC) AddInterface(ctx context.Context, inf *Interface) (*Interface, 
 	others := guestNICs(guest)
 	o.mu.Lock()
 	for m := range o.pending {
-		if m != mac { // an earlier try of this very NIC
+		// Not an earlier try of this very NIC, nor one the guest
+		// lists already.
+		if m != mac && nicWithMAC(guest, m) == nil {
 			others = append(others, m+" (an earlier attach)")
 		}
 	}

@@ -63,6 +63,11 @@ func TestOneNIC(t *testing.T) {
 		if n := len(sb.CallsOf(opAdd)); n != 1 {
 			t.Errorf("the sandbox got %d AddInterface calls, want 1", n)
 		}
+		// eth0 is named once: as the guest's NIC, not also as an
+		// earlier attach of ours.
+		if n := strings.Count(err.Error(), macA); n != 1 {
+			t.Errorf("the refusal names eth0's MAC %d times: %v", n, err)
+		}
 	})
 	t.Run("a NIC the guest has is adopted", func(t *testing.T) {
 		sb := &hotplugtest.FakeSandbox{}
