@@ -247,7 +247,7 @@ func TestEndpointWipe(t *testing.T) {
 // duplicate: the same link twice fails on the link's ingress qdisc after
 // making a second tap, which stays; as shipped every endpoint is
 // forgotten with it. An unsupported Type fails the same way; "tuntap"
-// panics the caller.
+// panics the caller as shipped (patched: an error).
 func TestDuplicateAttach(t *testing.T) {
 	l := newLab(t, 0)
 	for _, k := range []katasim.Kata{katasim.AsShipped, katasim.Patched} {
@@ -277,16 +277,33 @@ func TestDuplicateAttach(t *testing.T) {
 				t.Errorf("AddInterface(Type bridge): %v", err)
 			}
 			func() {
+				var err error
 				defer func() {
-					if r := recover(); r == nil {
-						t.Error("AddInterface(Type tuntap) did not panic")
-					} else {
+					r := recover()
+					switch {
+					case shipped && r == nil:
+						t.Errorf("AddInterface(Type tuntap) did not panic (%v)", err)
+					case !shipped && r != nil:
+						t.Errorf("patched AddInterface(Type tuntap) panicked: %v", r)
+					case r != nil:
 						t.Logf("AddInterface(Type tuntap) panicked: %v", r)
+					default:
+						t.Logf("AddInterface(Type tuntap): %v", err)
 					}
 				}()
 				bad.Type = "tuntap"
-				_, _ = sb.AddInterface(ctx, &bad)
+				_, err = sb.AddInterface(ctx, &bad)
 			}()
+			// Another link now. As shipped Kata forgot eth0: index 0,
+			// eth0's live tap0_kata (R25). Patched: the lowest index no
+			// endpoint uses is 1, the duplicate's tap1_kata left behind
+			// with its ingress qdisc.
+			eth1 := l.endpoint(t, "eth1")
+			_, err = sb.AddInterface(ctx, interfaceOf(t, l.Sandbox, eth1.Index))
+			t.Logf("AddInterface(eth1) after the duplicate: %v (endpoints %v)", err, tapNames(sb.Endpoints()))
+			if err == nil || !strings.Contains(err.Error(), "Failed to add qdisc") {
+				t.Errorf("AddInterface(eth1) after the duplicate: %v, want the qdisc failure on a reused tap", err)
+			}
 			if _, err := sb.RemoveInterface(ctx, &hotplug.Interface{HwAddr: eth0.MAC}); err != nil {
 				t.Fatal(err)
 			}
@@ -295,6 +312,7 @@ func TestDuplicateAttach(t *testing.T) {
 			}
 			forgetKata(ctx, t, l)
 			l.disconnect(t, eth0)
+			l.disconnect(t, eth1)
 		})
 	}
 }

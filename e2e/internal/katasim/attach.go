@@ -120,6 +120,9 @@ func (s *Sandbox) addSingleEndpoint(ctx context.Context, c *Call, ni netInfo) (*
 			// tap-mode tun. Not modelled (Docker makes no such link).
 			return nil, fmt.Errorf("katasim: tuntap endpoints found by a scan are not modelled (%s)", ni.name)
 		}
+		if s.has(FixNoTuntapPanic) {
+			return nil, fmt.Errorf("tuntap interface %s: link unknown, cannot tell its tun/tap mode", ni.name)
+		}
 		// generateNetInfo never sets Link, so Kata's tuntap branch
 		// leaves the endpoint nil and calls SetProperties on it (R23).
 		var nilEndpoint *Endpoint
@@ -163,18 +166,21 @@ var digits = regexp.MustCompile("[0-9]+")
 // run of digits in the LAST endpoint's name plus one if that is larger; a
 // last name without digits is an error. Live taps can collide with it
 // without any failure: [eth0 tap0, eth1 tap1] - eth0 + eth0 gives tap2,
-// then eth2 gives tap2 again. With FixFreeTapIndex: above every live
-// endpoint's index.
+// then eth2 gives tap2 again. With FixFreeTapIndex: the lowest index no
+// endpoint's tap or netdev uses.
 func (s *Sandbox) tapIndex() (int, error) {
-	idx := len(s.eps)
 	if s.has(FixFreeTapIndex) {
+		used := map[int]bool{}
 		for _, ep := range s.eps {
-			if ep.TapIndex >= idx {
-				idx = ep.TapIndex + 1
-			}
+			used[ep.TapIndex] = true
+		}
+		idx := 0
+		for used[idx] {
+			idx++
 		}
 		return idx, nil
 	}
+	idx := len(s.eps)
 	if len(s.eps) > 0 {
 		n, err := strconv.ParseInt(digits.FindString(s.eps[len(s.eps)-1].Name), 10, 64)
 		if err != nil {

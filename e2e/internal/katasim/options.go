@@ -51,8 +51,10 @@ func (m Model) String() string {
 	return fmt.Sprintf("Model(%d)", int(m))
 }
 
-// Fix is one change of this project's Kata patch series (the runtime only:
-// the agent is the same in both), by what it changes. Patched has them all.
+// Fix is one change of this project's Kata patch series
+// (/work/kata/series, 0001-0008; 0009 closes a netns descriptor and 0010 is
+// the shim's monitor hook: nothing a monitor sees), the runtime only: the
+// agent is the same in both. Patched has them all.
 type Fix uint
 
 const (
@@ -71,19 +73,22 @@ const (
 	// macvtap) without setting its link down; the rollback after an
 	// agent failure detaches the endpoint just added.
 	FixForgetFailedOnly
-	// FixKeepLinkUp (planned): HotDetach leaves the admin state of the
+	// FixKeepLinkUp (0005): HotDetach leaves the admin state of the
 	// container's link alone.
 	FixKeepLinkUp
-	// FixDetachNotCreatedNetNS (planned): HotDetach unplugs even when Kata
+	// FixDetachNotCreatedNetNS (0006): HotDetach unplugs even when Kata
 	// did not create the netns.
 	FixDetachNotCreatedNetNS
-	// FixFreeTapIndex (planned): a new endpoint's tap index is one no live
-	// endpoint uses (above every live one), whatever the link names.
+	// FixFreeTapIndex (0007): a new endpoint's tap index is the lowest
+	// that no endpoint's tap or netdev uses, whatever the link names.
 	FixFreeTapIndex
+	// FixNoTuntapPanic (0008): AddInterface of Type "tuntap" fails
+	// instead of panicking.
+	FixNoTuntapPanic
 
 	// AllFixes is the whole series: what Patched means.
 	AllFixes = FixPCIPath | FixDetachOrder | FixLinkByIndex | FixForgetFailedOnly |
-		FixKeepLinkUp | FixDetachNotCreatedNetNS | FixFreeTapIndex
+		FixKeepLinkUp | FixDetachNotCreatedNetNS | FixFreeTapIndex | FixNoTuntapPanic
 )
 
 var fixNames = []struct {
@@ -93,6 +98,7 @@ var fixNames = []struct {
 	{FixPCIPath, "pci-path"}, {FixDetachOrder, "detach-order"}, {FixLinkByIndex, "link-by-index"},
 	{FixForgetFailedOnly, "forget-failed-only"}, {FixKeepLinkUp, "keep-link-up"},
 	{FixDetachNotCreatedNetNS, "detach-not-created-netns"}, {FixFreeTapIndex, "free-tap-index"},
+	{FixNoTuntapPanic, "no-tuntap-panic"},
 }
 
 func (f Fix) String() string {
