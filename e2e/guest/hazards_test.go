@@ -19,6 +19,7 @@ import (
 	"github.com/kata-netmon/kata-netmon/e2e/internal/guest/guestproto"
 	"github.com/kata-netmon/kata-netmon/e2e/internal/katasim"
 	"github.com/kata-netmon/kata-netmon/hotplug"
+	"github.com/kata-netmon/kata-netmon/netmon/netmontest"
 )
 
 // Control tests: each hazard of docs/kata-model.md bites a naive client
@@ -477,4 +478,90 @@ func TestMacvtapRoutesGone(t *testing.T) {
 	}
 	t.Logf("ip route add default via %s dev eth0: %v", gw, err)
 	l.reach(ctx, t, e.IP, 8080)
+}
+
+// TestStaleName (R14, R22, R56): Kata looks the link up by the request's
+// name inside the attach. A request whose name another link holds now (a
+// monitor's stale view) plugs that other link, then asks the agent for the
+// request's MAC, which no guest link has: 4.1's by-name fallback finds no
+// guest link of that name either, AddInterface fails and its rollback
+// unplugs the NIC; as shipped that also sets the other link DOWN. The
+// monitor re-reads the link by name right before the call and after it
+// (hotplug: TestStaleViewBeforeCall, TestNameChangesDuringCall).
+func TestStaleName(t *testing.T) {
+	l := newLab(t, 0)
+	for _, k := range []katasim.Kata{katasim.AsShipped, katasim.Patched} {
+		t.Run(k.String(), func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+			defer cancel()
+			sb := l.sim(t, katasim.Options{Kata: k})
+			x, y := l.endpoint(t, "eth1"), l.endpoint(t, "eth2")
+			stale := interfaceOf(t, l.Sandbox, x.Index)
+			// x leaves, y takes its name.
+			l.disconnect(t, x)
+			y.Rename("eth1")
+			_, err := sb.AddInterface(ctx, stale)
+			t.Logf("AddInterface(eth1 with x's MAC) while y holds eth1: %v", err)
+			if err == nil {
+				t.Fatal("the stale request succeeded")
+			}
+			up := l.link(t, y.Index).Attrs().Flags&1 != 0
+			if up == (k == katasim.AsShipped) {
+				t.Errorf("y is up = %v after the failed attach", up)
+			}
+			if ls := l.links(ctx, t); len(ls) != 1 {
+				t.Errorf("guest has %s", describeLinks(ls))
+			}
+			forgetKata(ctx, t, l)
+			l.disconnect(t, y)
+		})
+	}
+}
+
+// TestDuplicateMAC (R55, R61): the agent configures the FIRST guest link
+// with the MAC. A NIC the guest kept (a hypervisor that cannot unplug) and
+// a new link with the same MAC (Docker with --mac-address): the new NIC is
+// plugged, and the agent configures the stale one, wired to the old link's
+// tap, while the new NIC stays down and unaddressed. The monitor never
+// attaches a MAC the guest kept because the hypervisor cannot unplug
+// (hotplug: TestNoUnplugCapability; TestDocker's NoUnplug).
+func TestDuplicateMAC(t *testing.T) {
+	l := newLab(t, 0)
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	sb := l.sim(t, katasim.Options{NoUnplug: true})
+	old := l.endpoint(t, "eth0")
+	if _, err := sb.AddInterface(ctx, interfaceOf(t, l.Sandbox, old.Index)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sb.RemoveInterface(ctx, &hotplug.Interface{HwAddr: old.MAC}); err != nil {
+		t.Fatal(err)
+	}
+	stale := guest.FindLink(l.links(ctx, t), old.MAC)
+	if stale == nil {
+		t.Fatal("the guest dropped the NIC although the hypervisor cannot unplug")
+	}
+	l.disconnect(t, old)
+	neu := &endpoint{Endpoint: netmontest.VethToNetNS(t, l.DockerdNS, l.SandboxNS, l.bridge.Name), MAC: old.MAC, IP: old.IP}
+	neu.Configure("eth0", neu.MAC, neu.IP+"/24", "")
+	if _, err := sb.AddInterface(ctx, interfaceOf(t, l.Sandbox, neu.Index)); err != nil {
+		t.Fatalf("AddInterface(new eth0): %v", err)
+	}
+	ls := l.links(ctx, t)
+	t.Logf("guest: %s", describeLinks(ls))
+	var fresh *guestproto.Link
+	for _, k := range ls {
+		if k.MAC == old.MAC && k.Index != stale.Index {
+			fresh = k
+		}
+	}
+	if fresh == nil {
+		t.Fatalf("no new NIC with %s: %s", old.MAC, describeLinks(ls))
+	}
+	if fresh.Up() || guest.LinkHasAddress(fresh, neu.IP, 24) {
+		t.Errorf("the new NIC %s was configured: the hazard did not bite", fresh.Name)
+	}
+	if k := guest.LinkNamed(ls, "eth0"); k == nil || k.Index != stale.Index || !k.Up() {
+		t.Errorf("eth0 in the guest is not the stale NIC (%d): %s", stale.Index, describeLinks(ls))
+	}
 }
