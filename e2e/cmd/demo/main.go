@@ -10,16 +10,20 @@
 // netlink sequence a Kata sandbox netns does. The demo runs a busybox
 // container, boots a guest with no NIC inside the container's netns (as
 // Kata's QEMU runs in the sandbox netns) and lets the monitor hot-plug
-// Docker's interfaces into it through katasim (Kata 4.1's AddInterface and
-// RemoveInterface on the real guest). A random token served by the guest and
-// read from dockerd's netns proves the traffic reaches the guest.
+// Docker's interfaces into it through katasim, which behaves as Kata 4.1's
+// runtime with this project's patch series, tcfilter model, on the real
+// guest, whose agent behaves as Kata 4.1's (docs/kata-model.md). A random
+// token served by the guest and read from dockerd's netns proves the traffic
+// reaches the guest.
 //
 // Steps: Docker in its own netns; two networks; docker run; guest boot;
 // shimhook.Start (eth0 attached before it returns); eth0 reachable; docker
 // network connect (eth1, default route moves with --gw-priority); docker
-// network disconnect (eth1 unplugged, eth0 still reachable); cleanup, also on
-// failure, Ctrl-C or SIGTERM. Exit status: 0 done, 1 failed, 130/143 on
-// SIGINT/SIGTERM.
+// network disconnect (eth1 unplugged, eth0 still reachable); then, on a
+// second container and guest, Kata 4.1 as shipped: a connect refused by the
+// monitor with the fix named, and the same connect attached by a naive
+// client calling Kata directly; cleanup, also on failure, Ctrl-C or SIGTERM.
+// Exit status: 0 done, 1 failed, 130/143 on SIGINT/SIGTERM.
 package main
 
 import (
@@ -116,6 +120,7 @@ type demo struct {
 	ctx context.Context
 
 	env  *dockerenv.Env
+	img  string
 	ctr  string
 	vm   *guest.VM
 	sb   *katasim.Sandbox
@@ -141,6 +146,7 @@ func (d *demo) main() {
 	// Runs just before the environment's own cleanup (last in, first out).
 	d.r.Cleanup(func() { p.ok("removing the containers, stopping dockerd and containerd, deleting their netns") })
 	img := d.env.ImportBusybox(d.r)
+	d.img = img
 	p.ok("dockerd's netns: %s; image %s", d.env.NetNSPath(), img)
 
 	for i := range d.nets {
@@ -175,19 +181,16 @@ func (d *demo) main() {
 	})
 	infs, err := vm.Agent.Links(d.ctx)
 	d.must(err, "list the guest's interfaces")
-	p.ok("guest up in %v; its interfaces: %s", vm.BootTime.Round(time.Millisecond), dockerguest.Describe(infs))
+	p.ok("guest up in %v (kernel %s); its interfaces: %s", vm.BootTime.Round(time.Millisecond), vm.KernelVersion, dockerguest.Describe(infs))
 	d.sb, err = katasim.New(vm, katasim.Options{NetNS: netnsPath})
 	d.must(err, "katasim")
 	d.r.Cleanup(func() { d.sb.Close() })
+	p.ok("the sandbox: katasim as %s (guest kernel %s)", d.sb.Options().Describe(), vm.KernelVersion)
 
 	p.step("shimhook.Start: what the Kata shim calls before it starts the workload")
-	logger := logrus.New()
-	logger.Level = logrus.DebugLevel
-	logger.Formatter = monitorFormatter{p: p}
-	logger.Out = printerWriter{p: p}
-	cfg := shimcfg.Docker(id[:12], d.sb, netnsPath, d.env.NetNSPath())
+	cfg := shimcfg.Docker(id[:12], d.sb.Port(), netnsPath, d.env.NetNSPath())
 	cfg.HypervisorPID = vm.Pid
-	cfg.Log = logrus.NewEntry(logger)
+	cfg.Log = d.monitorLog()
 	t0 = time.Now()
 	d.mon, err = shimhook.Start(d.ctx, cfg)
 	d.must(err, "shimhook.Start")
@@ -261,6 +264,17 @@ func (d *demo) main() {
 	if got := d.mon.NICNames(); !slices.Equal(got, []string{"eth0"}) {
 		d.r.Fatalf("monitor has %v attached, want [eth0]", got)
 	}
+
+	d.shipped()
+}
+
+// monitorLog is a logger for a monitor, printed by the demo's printer.
+func (d *demo) monitorLog() *logrus.Entry {
+	logger := logrus.New()
+	logger.Level = logrus.DebugLevel
+	logger.Formatter = monitorFormatter{p: d.p}
+	logger.Out = printerWriter{p: d.p}
+	return logrus.NewEntry(logger)
 }
 
 // linkInfo describes a link of the netns at nsPath as netlink shows it (a

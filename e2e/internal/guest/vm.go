@@ -68,6 +68,8 @@ type VM struct {
 	RootPorts []RootPort
 	// BootTime is from starting QEMU to the agent's first answer.
 	BootTime time.Duration
+	// KernelVersion is the guest kernel's ("6.12.117+deb12-cloud-amd64").
+	KernelVersion string
 
 	lock     *os.File
 	proc     *os.Process
@@ -178,7 +180,7 @@ func Start(ctx context.Context, opts Options) (_ *VM, err error) {
 			return nil, fmt.Errorf("netns: %w", err)
 		}
 	}
-	vm := &VM{NetNS: opts.NetNS, exited: make(chan struct{})}
+	vm := &VM{NetNS: opts.NetNS, KernelVersion: art.KernelVersion, exited: make(chan struct{})}
 	defer func() {
 		if err != nil {
 			vm.Stop()
@@ -282,7 +284,7 @@ func Start(ctx context.Context, opts Options) (_ *VM, err error) {
 		return nil, fail("%v after %v", err, time.Since(start).Round(time.Millisecond))
 	}
 	vm.BootTime = time.Since(start)
-	logf("guest booted in %v (QEMU pid %d, netns %q, dir %s)", vm.BootTime.Round(time.Millisecond), vm.Pid, opts.NetNS, dir)
+	logf("guest booted in %v (kernel %s, QEMU pid %d, netns %q, dir %s)", vm.BootTime.Round(time.Millisecond), vm.KernelVersion, vm.Pid, opts.NetNS, dir)
 	return vm, nil
 }
 
