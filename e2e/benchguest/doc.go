@@ -11,5 +11,8 @@
 //     against the upstream strategy (Rescan, an emulation of Kata 4.1's
 //     RescanNetwork loop) driving the same sandbox.
 //
+// The sandbox is katasim as Kata 4.1 with this project's patch series,
+// tcfilter model (the report's header says so, and the guest kernel).
+//
 // docs/perf-guest.md holds the method and the figures.
 package benchguest

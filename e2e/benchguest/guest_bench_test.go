@@ -47,6 +47,7 @@ func BenchmarkGuest(b *testing.B) {
 	n := rounds()
 	var report strings.Builder
 	fmt.Fprintf(&report, "\n%d rounds; TCG guest, 2 host cores; durations p50 / max (signed: negative = before the reference)\n", n)
+	fmt.Fprintf(&report, "sandbox: katasim as %s; the upstream rows emulate Kata 4.1's RescanNetwork on it\n", benchOptions().Describe())
 
 	b.Run("ConnectDisconnect", func(b *testing.B) {
 		benchConnectDisconnect(b, env, img, net1, net2, n, &report)
@@ -162,6 +163,7 @@ func benchConnectDisconnect(b *testing.B, env *dockerenv.Env, img, net1, net2 st
 	if err := sbx.VM.TapError(); err != nil {
 		b.Error(err)
 	}
+	fmt.Fprintf(report, "\nguest kernel %s\n", sbx.VM.KernelVersion)
 	fmt.Fprintf(report, "\n## docker network connect (kata-netmon, %d rounds)\n%s", n, c.render())
 	fmt.Fprintf(report, "\n## docker network disconnect (kata-netmon, %d rounds)\n%s", n, d.render())
 	b.ReportMetric(ms(c.p50("connect returned -> guest answers on eth1")), "connect-p50-ms")
