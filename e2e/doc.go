@@ -5,8 +5,9 @@
 //     real kernel (root; no Docker, no VM);
 //   - e2e/docker: a real Docker 29 (root and the binaries from
 //     scripts/deps-docker.sh);
-//   - e2e/guest: a real QEMU guest behind a Kata-like sandbox (katasim), with
-//     or without Docker (root, QEMU and scripts/deps-guest.sh);
+//   - e2e/guest: a real QEMU guest behind katasim, which behaves as Kata
+//     4.1 (as shipped or patched, tcfilter or macvtap; docs/kata-model.md),
+//     with or without Docker (root, QEMU and scripts/deps-guest.sh);
 //   - e2e/faults: faults and hostile input on the real kernel (root).
 //
 // Each package's doc.go says what it needs and covers. Helpers used by more

@@ -50,7 +50,9 @@ func newSandbox(b *testing.B, env *dockerenv.Env, img, network string) *sandbox 
 // project's patch series, tcfilter model (katasim's default). Kata 4.1 as
 // shipped refuses a second NIC (the monitor's OneNIC), so the connect
 // rounds cannot run on it.
-func benchOptions() katasim.Options { return katasim.Options{Kata: katasim.Patched, Model: katasim.TCFilter} }
+func benchOptions() katasim.Options {
+	return katasim.Options{Kata: katasim.Patched, Model: katasim.TCFilter}
+}
 
 func (s *sandbox) close(b *testing.B) {
 	if s.sb != nil {

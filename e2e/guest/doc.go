@@ -1,9 +1,13 @@
-// Package guest tests hot-plug into a real QEMU guest (TCG, a Debian cloud
-// kernel and the e2e agent, booted by e2e/internal/guest) behind
-// e2e/internal/katasim, a sandbox that does what Kata 4.1's Go runtime does
-// with QEMU (tap, tc mirred, QMP getfd/netdev_add/device_add, the agent).
-// Traffic is proved by a token only the guest knows, read from the
-// "dockerd" side through bridge -> veth -> tc mirred -> tap -> virtio-net.
+// Package guest tests kata-netmon against a real QEMU guest (TCG, Debian 12's
+// 6.12 cloud kernel, booted by e2e/internal/guest) behind
+// e2e/internal/katasim, which behaves as Kata 4.1's Go runtime with QEMU,
+// as shipped or with this project's patch series, in the tcfilter or
+// macvtap model, and whose guest agent behaves as Kata 4.1's agent.
+// docs/kata-model.md is the table these tests cover: each row's control
+// (the hazard bites a naive client, or the monitor with the handling off)
+// and the test that shows the monitor right. Traffic is proved by a token
+// only the guest knows, read from the "dockerd" side through bridge ->
+// veth -> tap -> virtio-net.
 //
 // It needs root, qemu-system-x86 and the guest kernel and initramfs
 // (scripts/deps-guest.sh, run on first use); TestDocker also needs the
@@ -11,15 +15,24 @@
 // one at a time on the machine (a lock in the cache dir); under TCG on two
 // busy cores a boot takes seconds.
 //
-// Covered: TestHotplugTraffic, katasim alone on two netns without Docker
-// (attach two NICs, Kata's PCI-path bug copied, routes, traffic through each
-// NIC, unplug, and the Cloud Hypervisor and Firecracker capabilities);
-// TestDocker, the monitor through shimhook.Start against a real Docker 29
-// and a guest behind a container (e2e/internal/dockerguest): eth0 attached
-// before Start returns (the Docker 28+ order), connect --gw-priority and
-// disconnect with the default route following, and a sandbox that cannot
-// hot-plug (the monitor does not start) or cannot unplug (it warns and goes
-// on).
+// Covered:
+//   - TestModel: katasim alone on the four runtimes: attach, plumbing, PCI
+//     path, traffic, routes, the unplug and what it leaves;
+//   - hazards_test.go, agent_test.go: the controls, without a monitor
+//     (TestShippedSecondNIC, TestDetachByName, TestRollback,
+//     TestEndpointWipe, TestDuplicateAttach, TestTapIndexCollision,
+//     TestMacvtapRoutesGone, TestStaleName, TestDuplicateMAC,
+//     TestAgentRules, TestNetNSNotCreated);
+//   - TestDocker: the monitor through shimhook.Start against a real Docker
+//     29, the sandbox handed over as production hands it (katasim's Port):
+//     patched, run/connect/disconnect and three networks at start answer
+//     over TCP in both models, plus an agent failure, no free slot, a
+//     restart adopting, and the macvtap control; as shipped, the start-time
+//     networks through RescanNetwork, a connect refused with the fix named,
+//     a reused name left alone; and hypervisors that cannot hot-plug or
+//     unplug;
+//   - TestMonitorRoutes, TestMonitorNetNSNotCreated: the monitor on a
+//     replayed netns, for what Docker does not do on its own.
 //
 // KNM_TEST_LOG=1 prints the monitor's whole debug log; info and above are
 // always in the test log.
