@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os/exec"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -119,10 +120,14 @@ func TestProcessExit(t *testing.T) {
 }
 
 // panicHook panics once, the first time the reconciler logs msg: a bug in
-// the reconciler's own goroutine.
+// the reconciler's own goroutine. It closes adopted when the reconciler
+// logs that it adopted an endpoint (after the line is written, so NICs
+// says so too).
 type panicHook struct {
-	msg  string
-	done atomic.Bool
+	msg     string
+	done    atomic.Bool
+	once    sync.Once
+	adopted chan struct{}
 }
 
 func (h *panicHook) Levels() []logrus.Level { return logrus.AllLevels }
@@ -130,6 +135,9 @@ func (h *panicHook) Levels() []logrus.Level { return logrus.AllLevels }
 func (h *panicHook) Fire(e *logrus.Entry) error {
 	if e.Message == h.msg && h.done.CompareAndSwap(false, true) {
 		panic("knm-test: a bug in the reconciler")
+	}
+	if e.Message == "sandbox already has this endpoint; adopted" {
+		h.once.Do(func() { close(h.adopted) })
 	}
 	return nil
 }
@@ -141,7 +149,8 @@ func TestReconcilerPanicRestarts(t *testing.T) {
 	e := newEnv(t)
 	logger, hook := logtest.NewNullLogger()
 	logger.SetLevel(logrus.DebugLevel)
-	logger.AddHook(&panicHook{msg: "attached endpoint"})
+	ph := &panicHook{msg: "attached endpoint", adopted: make(chan struct{})}
+	logger.AddHook(ph)
 	sb := &hotplugtest.FakeSandbox{}
 	obs := &countObserver{}
 	cfg := e.config(sb, logrus.NewEntry(logger))
@@ -152,10 +161,13 @@ func TestReconcilerPanicRestarts(t *testing.T) {
 	}
 	defer m.Stop(context.Background())
 	m.Run() // no Sync: the panic happens in the background loop
-	if _, err := sb.WaitFor(wait, func([]hotplugtest.Call) bool {
-		return obs.panics.Load() == 1 && len(m.NICs()) == 1
-	}, "the panic, then eth0 adopted by the new reconciler"); err != nil {
-		t.Fatal(err)
+	select {
+	case <-ph.adopted:
+	case <-time.After(wait):
+		t.Fatalf("eth0 not adopted by a new reconciler within %v; calls %v", wait, sb.Ops())
+	}
+	if n := obs.panics.Load(); n != 1 || len(m.NICs()) != 1 {
+		t.Fatalf("%d panics reported, NICs %v; want 1 and eth0", n, m.NICs())
 	}
 	if n := len(sb.CallsOf(hotplugtest.OpAddInterface)); n != 1 {
 		t.Errorf("AddInterface called %d times, want once (the restart adopts)", n)
