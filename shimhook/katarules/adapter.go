@@ -30,8 +30,13 @@ type Kata interface {
 // NewSandbox returns the hotplug.Sandbox for a Kata sandbox: the adapter,
 // and on a Kata without the PCI-path fix the adapter wrapped in
 // hotplug.OneNIC, so that no AddInterface reaches Kata while the guest has
-// a NIC, and the networks present at start are attached by Kata's own
-// RescanNetwork instead (it announces each NIC correctly). log may be nil.
+// a NIC. With the tcfilter model the first attach is Kata's own
+// RescanNetwork, which attaches every network present (at start: all of
+// Docker's) and announces each NIC correctly. With macvtap it is a plain
+// AddInterface, and the other networks are refused: RescanNetwork would
+// give links the monitor has not attached yet a new MAC and take their
+// addresses (tapNetworkPair), and the monitor could then neither recognise
+// their NICs nor detach them. log may be nil.
 func NewSandbox(k Kata, cfg Config, log *logrus.Entry) hotplug.Sandbox {
 	if log == nil {
 		l := logrus.New()
@@ -39,10 +44,14 @@ func NewSandbox(k Kata, cfg Config, log *logrus.Entry) hotplug.Sandbox {
 		log = logrus.NewEntry(l)
 	}
 	a := &adapter{k: k, caps: Capabilities(cfg), log: log}
-	if cfg.Fixes.PCIPath {
+	switch {
+	case cfg.Fixes.PCIPath:
 		return a
+	case a.caps.ReMACsLink:
+		return hotplug.OneNIC(a, OneNICReason())
+	default:
+		return hotplug.OneNIC(rescanner{a}, OneNICReason())
 	}
-	return hotplug.OneNIC(rescanner{a}, OneNICReason())
 }
 
 // adapter makes Kata's sandbox a hotplug.Sandbox: it checks and encodes
@@ -59,7 +68,8 @@ type adapter struct {
 var _ hotplug.Sandbox = (*adapter)(nil)
 
 // rescanner is the adapter with Kata's RescanNetwork, for hotplug.OneNIC
-// only: with the PCI-path fix the monitor attaches every NIC itself.
+// only: with the PCI-path fix the monitor attaches every NIC itself, and
+// with macvtap RescanNetwork would re-MAC links behind the monitor's back.
 type rescanner struct{ *adapter }
 
 var _ hotplug.Rescanner = rescanner{}

@@ -206,3 +206,24 @@ func TestWithoutPCIPathFix(t *testing.T) {
 		t.Fatalf("attach eth2 into an empty guest: %v", err)
 	}
 }
+
+// With macvtap and without the PCI-path fix, the first NIC is a plain
+// AddInterface (Kata's RescanNetwork would re-MAC and strip links the
+// monitor has not attached yet), and the others are refused.
+func TestWithoutPCIPathFixMacVtap(t *testing.T) {
+	ctx := context.Background()
+	eth0 := veth("eth0", "02:42:ac:11:00:02", "172.17.0.2", "16")
+	eth1 := veth("eth1", "02:42:ac:12:00:02", "172.18.0.2", "16")
+	k := &fakeKata{links: []*hotplug.Interface{eth0, eth1}}
+	sb := NewSandbox(k, Config{HypervisorType: HypervisorQEMU, InterworkingModel: ModelMacVtap}, nil)
+	if _, err := sb.AddInterface(ctx, eth0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sb.AddInterface(ctx, eth1); !errors.Is(err, hotplug.ErrRefused) {
+		t.Fatalf("attach eth1: %v, want ErrRefused", err)
+	}
+	calls := strings.Join(k.Calls(), ",")
+	if strings.Contains(calls, "RescanNetwork") || strings.Count(calls, "AddInterface") != 1 {
+		t.Errorf("calls %s, want one AddInterface and no RescanNetwork", calls)
+	}
+}
