@@ -49,7 +49,10 @@ fuzz:
 	@set -e; for f in $$($(GO) test -list '^Fuzz' ./matcher/ | grep ^Fuzz); do \
 		$(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime 30s ./matcher/; done
 
-# Build and test the Kata adapter and drop-in shim against a Kata source tree.
+# Apply kata-netmon's patch series to a copy of a Kata source tree, run Kata's
+# tests of what it touches and the Kata-in-the-loop tests there, and build
+# Kata's shim with the monitor and the drop-in shim (as root; docs/kata.md).
+# KATA_NETMON_WITHOUT_PCI_FIX=1 builds and tests a Kata without the PCI-path fix.
 kata:
 	@test -n "$(KATA_SRC)" || { echo "usage: make kata KATA_SRC=/path/to/kata-containers" >&2; exit 2; }
 	bash shimhook/kata/build.sh "$(KATA_SRC)"

@@ -1,22 +1,25 @@
-// Package kata joins kata-netmon to Kata Containers' Go runtime (4.1).
+// Package kata joins kata-netmon to Kata Containers' Go runtime through the
+// hook of kata-netmon's Kata patch series (series/, the last patch:
+// containerdshim.SetNetworkMonitorFactory). It holds only what needs Kata's
+// types:
 //
-// It owns:
-//   - Adapter: Kata's virtcontainers.VCSandbox as a hotplug.Sandbox
-//     (conversions to and from Kata's protocol types, capabilities from the
-//     hypervisor type, the symptoms of Kata 4.1's hotplug bugs named in the
-//     log);
-//   - Service / New: Kata's own containerd shim service
-//     (pkg/containerd-shim-v2) wrapped so that a Docker sandbox's first
-//     reconcile runs before its Start reaches Kata, the monitor stops on
-//     Delete/Shutdown, and the monitor and Kata's RescanNetwork never attach
-//     the same link (guard.go);
-//   - Settings: [netmon] in Kata's configuration file and KATA_NETMON_*
-//     environment variables.
+//   - Factory: the NetworkMonitorFactory Kata's shim calls when the sandbox
+//     container starts, before the sandbox does; it hands Kata's sandbox to
+//     katarules.Start (the main module) and returns the monitor;
+//   - the field copies between Kata's protocol types and hotplug's (port.go);
+//   - the fixes of the series the tree has, set at build time by build.sh
+//     from probe tests (fixes.go).
 //
-// It does not watch netlink or decide what to attach (the main module's
-// shimhook, netmon, matcher and hotplug packages do), and it holds no Kata
-// code. It is its own Go module because it needs a Kata source tree to
-// build: build.sh supplies one through a go.work outside the repository.
-// The files wire.go, diagnose.go, guard.go, settings.go and log.go import
-// nothing from Kata.
+// Everything that needs no Kata type (the request encoding, the refusals,
+// the capabilities, the settings, the mapping of the monitor's result) is in
+// the main module's shimhook/katarules, tested by CI. This is its own Go
+// module because it compiles only inside a Kata tree: build.sh copies Kata's
+// src/runtime, applies the series, and builds it there. It holds no Kata
+// code.
+//
+// Subpackages: register (blank-imported to register Factory, as build.sh
+// does for Kata's own containerd-shim-kata-v2) and
+// cmd/containerd-shim-kata-netmon-v2 (the drop-in shim, runtime type
+// io.containerd.kata-netmon.v2). kataloop holds the Kata-in-the-loop tests
+// build.sh runs inside the patched tree.
 package kata

@@ -1,9 +1,8 @@
-package kata
+package katarules
 
-// This file has no Kata import on purpose: it holds the encoding rules Kata
-// insists on, applied to hotplug's types, so they can be read and tested
-// without a Kata tree. adapter.go only copies the fields into Kata's protocol
-// types (pbTypes) and back.
+// The encoding rules Kata insists on, applied to hotplug's types, so they
+// can be read and tested without a Kata tree. shimhook/kata only copies the
+// fields into Kata's protocol types (pbTypes) and back.
 
 import (
 	"errors"
@@ -22,57 +21,26 @@ import (
 // wiped").
 var ErrInvalid = errors.New("kata adapter: invalid request")
 
-// kataLinkKinds are the netlink kinds Kata 4.1's
-// LinuxNetwork.addSingleEndpoint (virtcontainers/network_linux.go) turns into
-// an endpoint. Anything else fails there with "Unsupported network
-// interface", and that failure makes LinuxNetwork.AddEndpoints drop Kata's
-// whole endpoint list: so the adapter refuses other kinds itself.
+// kataLinkKinds are the netlink kinds kata-netmon asks Kata to attach: the
+// ones Kata 4.1's LinuxNetwork.addSingleEndpoint
+// (virtcontainers/network_linux.go:128) attaches to the link named in the
+// request. Kata takes other kinds, but not as that link: "tap" and "tuntap"
+// create a new tap of their own ("tuntap" panicked before the series' patch
+// 0008), "macvtap" and "ipvlan" fail or are not Docker's, and anything else
+// is "Unsupported network interface", which (before the series' patch 0004)
+// made Kata forget every endpoint. The adapter refuses them before calling
+// Kata.
 var kataLinkKinds = map[string]bool{
 	"veth":    true,
 	"macvlan": true,
-	"macvtap": true,
-	"ipvlan":  true,
-	"tap":     true,
-	"tuntap":  true,
-	"device":  true,
-}
-
-// Hypervisor type names as Kata 4.1 spells them (virtcontainers/hypervisor.go,
-// HypervisorType constants). adapter_test.go checks them against Kata's
-// constants.
-const (
-	hvQEMU          = "qemu"
-	hvCloudHyp      = "clh"
-	hvFirecracker   = "firecracker"
-	hvStratoVirt    = "stratovirt"
-	hvRemote        = "remote"
-	hvDragonball    = "dragonball"
-	hvVirtframework = "virtframework"
-	hvMock          = "mock"
-)
-
-// capabilitiesFor maps Kata's hypervisor type to what its Go runtime can do
-// with NICs at run time (Kata 4.1): QEMU hot-plugs and unplugs
-// (qemu.hotplugNetDevice); Cloud Hypervisor hot-plugs (NetDev in
-// cloudHypervisor.HotplugAddDevice) but HotplugRemoveDevice has no NetDev
-// case; Firecracker, StratoVirt and remote refuse NetDev in both. Dragonball
-// is runtime-rs only; anything unknown is assumed unable.
-func capabilitiesFor(hypervisorType string) hotplug.Capabilities {
-	switch hypervisorType {
-	case hvQEMU:
-		return hotplug.Capabilities{HotplugNIC: true, HotUnplugNIC: true}
-	case hvCloudHyp:
-		return hotplug.Capabilities{HotplugNIC: true}
-	default:
-		return hotplug.Capabilities{}
-	}
 }
 
 // normalizeInterface checks inf the way Kata and its agent will read it and
 // returns a canonical copy: Device defaults to Name, HwAddr is a lower-case
-// EUI-48, Type is a netlink kind Kata accepts, each address has the family of
-// its address (v4=0, v6=1) and Mask is the prefix length as a decimal string
-// (Kata parses "%s/%s"; a dotted IPv4 netmask is converted).
+// EUI-48, Type is veth or macvlan, each address has the family of its
+// address (v4=0, v6=1; an IPv4-mapped IPv6 address is IPv6, as
+// hotplug.InterfaceFromLink keeps it) and Mask is the prefix length as a
+// decimal string (Kata parses "%s/%s"; a dotted IPv4 netmask is converted).
 func normalizeInterface(inf *hotplug.Interface) (hotplug.Interface, error) {
 	if inf == nil {
 		return hotplug.Interface{}, fmt.Errorf("%w: nil interface", ErrInvalid)
@@ -91,7 +59,7 @@ func normalizeInterface(inf *hotplug.Interface) (hotplug.Interface, error) {
 	}
 	out.HwAddr = mac.String()
 	if !kataLinkKinds[out.Type] {
-		return out, fmt.Errorf("%w: interface %q: link kind %q is not one Kata can attach (want one of veth, macvlan, macvtap, ipvlan, tap, tuntap, device)", ErrInvalid, inf.Name, inf.Type)
+		return out, fmt.Errorf("%w: interface %q: link kind %q is not one Kata attaches as the named link (veth, macvlan)", ErrInvalid, inf.Name, inf.Type)
 	}
 	for i, a := range inf.IPAddresses {
 		if a == nil {
@@ -111,12 +79,15 @@ func normalizeAddress(a hotplug.IPAddress) (hotplug.IPAddress, error) {
 	if err != nil || ip.Zone() != "" {
 		return a, fmt.Errorf("address %q is not an IP address without zone", a.Address)
 	}
-	ip = ip.Unmap()
 	bits, err := prefixLen(a.Mask, ip.Is4())
 	if err != nil {
 		return a, fmt.Errorf("address %s: %v", ip, err)
 	}
-	return hotplug.IPAddress{Family: familyOf(ip), Address: ip.String(), Mask: strconv.Itoa(bits)}, nil
+	fam := hotplug.FamilyV6
+	if ip.Is4() {
+		fam = hotplug.FamilyV4
+	}
+	return hotplug.IPAddress{Family: fam, Address: ip.String(), Mask: strconv.Itoa(bits)}, nil
 }
 
 // prefixLen reads a mask as Kata wants it, a decimal prefix length, or as a
@@ -220,38 +191,29 @@ func normalizeRoute(r *hotplug.Route) (hotplug.Route, error) {
 	return out, nil
 }
 
-// findMAC returns the guest interface with this MAC, or nil.
-func findMAC(infs []*hotplug.Interface, mac string) *hotplug.Interface {
+// fromGuest returns the guest's interfaces as ListInterfaces reports them,
+// with what the agent gets wrong put right (Kata 4.1 agent, netlink.rs
+// list_interfaces:310 and TryFrom<Address> for IPAddress:891): MACs in
+// lower case, as RemoveInterface compares them (the agent prints them in
+// upper case), and each address's family from the address itself (the
+// agent reports IPv4 as v6 and IPv6 as v4).
+func fromGuest(infs []*hotplug.Interface) []*hotplug.Interface {
+	out := make([]*hotplug.Interface, 0, len(infs))
 	for _, inf := range infs {
-		if inf != nil && inf.HwAddr != "" && strings.EqualFold(inf.HwAddr, mac) {
-			return inf
-		}
-	}
-	return nil
-}
-
-// guestMACs returns the MACs of the guest's real NICs (not lo, not a zero
-// MAC), lower-case.
-func guestMACs(infs []*hotplug.Interface) map[string]bool {
-	out := map[string]bool{}
-	for _, inf := range infs {
-		if inf == nil || inf.Name == "lo" {
+		if inf == nil {
 			continue
 		}
-		mac, err := net.ParseMAC(inf.HwAddr)
-		if err != nil || isZero(mac) {
-			continue
+		c := inf.Clone()
+		c.HwAddr = strings.ToLower(c.HwAddr)
+		for _, a := range c.IPAddresses {
+			if ip, err := netip.ParseAddr(a.Address); err == nil {
+				a.Family = hotplug.FamilyV6
+				if ip.Is4() {
+					a.Family = hotplug.FamilyV4
+				}
+			}
 		}
-		out[mac.String()] = true
+		out = append(out, c)
 	}
 	return out
-}
-
-func isZero(b []byte) bool {
-	for _, x := range b {
-		if x != 0 {
-			return false
-		}
-	}
-	return true
 }

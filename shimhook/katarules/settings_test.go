@@ -1,4 +1,4 @@
-package kata
+package katarules
 
 import (
 	"os"

@@ -1,4 +1,4 @@
-package kata
+package katarules
 
 // No Kata import: the operator's settings, from a [netmon] table in Kata's
 // configuration file (and its config.d drop-ins) and from KATA_NETMON_*
