@@ -176,9 +176,10 @@ type GuestNIC struct {
 // Gone reports whether the link behind a guest NIC no longer stands for a
 // Docker endpoint in s, and why: the link was deleted or moved out
 // (DELLINK), was taken down and renamed away from its attach name (docker
-// network disconnect), or now carries a MAC that is neither the NIC's nor
-// the one the sandbox gave it. A link that is merely down, renamed while up,
-// or not ready, is not gone.
+// network disconnect), now carries a MAC other than the NIC's (unless the
+// sandbox moved the NIC's MAC off the link: LinkMAC), or is ready with
+// other addresses than the NIC was given. A link that is merely down,
+// renamed while up, or not ready, is not gone.
 func Gone(n GuestNIC, s *view.Snapshot) (bool, string) {
 	l, ok := s.Links[n.Index]
 	if !ok {
@@ -187,8 +188,10 @@ func Gone(n GuestNIC, s *view.Snapshot) (bool, string) {
 	if l.Incarnation != n.Incarnation {
 		return true, "link deleted and re-created with the same ifindex"
 	}
-	// Either MAC: the view may not show the sandbox's change yet.
-	if mac := l.MAC.String(); mac != n.MAC && (n.LinkMAC == "" || mac != n.LinkMAC) {
+	// When the sandbox gave the link a MAC of its own (Kata's macvtap
+	// model), the guest's MAC lives on the sandbox's macvtap, not on the
+	// link: a later change of the link's MAC changes nothing for the guest.
+	if mac := l.MAC.String(); n.LinkMAC == "" && mac != n.MAC {
 		return true, fmt.Sprintf("MAC changed to %s", mac)
 	}
 	if !l.Up() && l.Name != n.Name {

@@ -311,6 +311,26 @@ func TestGone(t *testing.T) {
 	}
 }
 
+// With Kata's macvtap model the guest's MAC lives on Kata's macvtap and the
+// link carries a MAC Kata chose (LinkMAC): a MAC change of the link is
+// nothing to the guest, while the other reasons still hold.
+func TestGoneMacvtap(t *testing.T) {
+	l := readyVeth()
+	n := matcher.GuestNIC{Index: 7, Name: "eth0", MAC: "02:42:ac:12:00:99", LinkMAC: l.MAC.String(), Addrs: matcher.RoutableAddrs(l)}
+	snap := &view.Snapshot{Links: map[int]*view.Link{7: l}}
+	if gone, why := matcher.Gone(n, snap); gone {
+		t.Fatalf("Gone with Kata's MAC on the link: %s", why)
+	}
+	l.MAC = mustMAC("02:42:ac:12:00:55")
+	if gone, why := matcher.Gone(n, snap); gone {
+		t.Fatalf("Gone after the link's MAC changed: %s", why)
+	}
+	delete(snap.Links, 7)
+	if gone, _ := matcher.Gone(n, snap); !gone {
+		t.Fatal("not gone once the link left")
+	}
+}
+
 // route builds a route the tests would keep, then lets mod break it.
 func route(dst, gw string, link int, mod ...func(*view.Route)) view.Route {
 	p := netip.MustParsePrefix(dst)
