@@ -233,7 +233,7 @@ run_test_binary "$logs/probe.test" "$runtime/virtcontainers" "$logs/probe.log" -
 ldflags=
 pkg=$netmon_mod/shimhook/kata
 note "fixes probed in the tree (probe test: outcome):"
-for fix in PCIPath LinkByIndex KeepLinkUp; do
+for fix in PCIPath LinkByIndex KeepLinkUp UnplugGivenNetNS; do
 	if grep -q "^--- PASS: TestNetmonProbe$fix " "$logs/probe.log"; then
 		ldflags+=" -X $pkg.fix$fix=true"
 		note "  $fix (TestNetmonProbe$fix): present"

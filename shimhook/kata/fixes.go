@@ -13,6 +13,8 @@ var (
 	fixPCIPath     string
 	fixLinkByIndex string
 	fixKeepLinkUp  string
+	// fixUnplugGivenNetNS: series patch 0006.
+	fixUnplugGivenNetNS string
 )
 
 // TreeFixes returns the fixes the tree this binary was built from has.
@@ -21,6 +23,8 @@ func TreeFixes() katarules.Fixes {
 		PCIPath:     fixPCIPath == "true",
 		LinkByIndex: fixLinkByIndex == "true",
 		KeepLinkUp:  fixKeepLinkUp == "true",
+		// Hot unplug in a netns Kata did not create (0006).
+		UnplugGivenNetNS: fixUnplugGivenNetNS == "true",
 	}
 }
 

@@ -11,7 +11,7 @@ import (
 	"github.com/kata-netmon/kata-netmon/metrics"
 )
 
-var allFixes = Fixes{PCIPath: true, LinkByIndex: true, KeepLinkUp: true}
+var allFixes = Fixes{PCIPath: true, LinkByIndex: true, KeepLinkUp: true, UnplugGivenNetNS: true}
 
 func newAdapter(k *fakeKata) hotplug.Sandbox {
 	return NewSandbox(k, Config{HypervisorType: HypervisorQEMU, InterworkingModel: ModelTCFilter, Fixes: allFixes}, nil)
@@ -127,6 +127,11 @@ func TestCapabilities(t *testing.T) {
 			hotplug.Capabilities{HotplugNIC: true, HotUnplugNIC: true, DetachByName: true}},
 		{"qemu, leaves the link up but by name", Config{HypervisorType: HypervisorQEMU, Fixes: Fixes{PCIPath: true, KeepLinkUp: true}},
 			hotplug.Capabilities{HotplugNIC: true, HotUnplugNIC: true, DetachByName: true}},
+		{"qemu, a netns the spec named, all fixes", Config{HypervisorType: HypervisorQEMU, Fixes: allFixes, NetNSGiven: true},
+			hotplug.Capabilities{HotplugNIC: true, HotUnplugNIC: true}},
+		{"qemu, a netns the spec named, without 0006", Config{HypervisorType: HypervisorQEMU, NetNSGiven: true,
+			Fixes: Fixes{PCIPath: true, LinkByIndex: true, KeepLinkUp: true}},
+			hotplug.Capabilities{HotplugNIC: true}},
 		{"clh", Config{HypervisorType: HypervisorCloudHyp, Fixes: allFixes}, hotplug.Capabilities{HotplugNIC: true}},
 		{"firecracker", Config{HypervisorType: HypervisorFirecracker, Fixes: allFixes}, hotplug.Capabilities{}},
 		{"stratovirt", Config{HypervisorType: HypervisorStratoVirt, Fixes: allFixes}, hotplug.Capabilities{}},

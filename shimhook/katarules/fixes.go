@@ -29,6 +29,12 @@ type Fixes struct {
 	// network_linux.go:1311; untapNetworkPair, :1267), the link is set
 	// down.
 	KeepLinkUp bool
+	// UnplugGivenNetNS: a hot unplug removes the NIC also when Kata did not
+	// create the netns (patch 0006). Without it (VethEndpoint.HotDetach,
+	// veth_endpoint.go:159: `if !netNsCreated { return nil }`), RemoveInterface
+	// does nothing and reports success for a sandbox whose netns the OCI
+	// spec named.
+	UnplugGivenNetNS bool
 }
 
 // Fix names, as build.sh reports them and docs/kata.md lists them.
@@ -36,6 +42,8 @@ const (
 	FixPCIPath     = "0001 runtime: give the agent the PCI path of the hot-plugged NIC"
 	FixLinkByIndex = "0003 runtime: do not tear down a link that took a detached endpoint's name"
 	FixKeepLinkUp  = "0005 runtime: leave the link up when a NIC is hot unplugged"
+	// FixUnplugGivenNetNS names patch 0006.
+	FixUnplugGivenNetNS = "0006 runtime: hot unplug a NIC also when the netns was given to the runtime"
 )
 
 // BuildCommand is how to get a Kata with the series, as the refusals say.
@@ -52,6 +60,9 @@ func (f Fixes) Missing() string {
 	}
 	if !f.KeepLinkUp {
 		m = append(m, FixKeepLinkUp)
+	}
+	if !f.UnplugGivenNetNS {
+		m = append(m, FixUnplugGivenNetNS)
 	}
 	return strings.Join(m, "; ")
 }
@@ -98,6 +109,9 @@ type Config struct {
 	InterworkingModel string
 	// Fixes are the series' fixes the tree has.
 	Fixes Fixes
+	// NetNSGiven: the OCI spec named the sandbox's netns (dockerd created
+	// it), so Kata records NetworkCreated=false.
+	NetNSGiven bool
 }
 
 // Capabilities maps Kata's configuration to what the reconciler must know.
@@ -111,7 +125,10 @@ type Config struct {
 // Hazards: ReMACsLink with the macvtap interworking model (tapNetworkPair
 // gives the link a random MAC); DetachByName unless the tree has both
 // LinkByIndex and KeepLinkUp (either missing, a hot unplug may switch off a
-// link the container still has).
+// link the container still has). In a netns Kata did not create, a tree
+// without UnplugGivenNetNS cannot unplug at all (its RemoveInterface is a
+// silent no-op): HotUnplugNIC is false, so the reconciler says so and never
+// plugs a second NIC for the same MAC.
 func Capabilities(cfg Config) hotplug.Capabilities {
 	var c hotplug.Capabilities
 	switch cfg.HypervisorType {
@@ -119,6 +136,9 @@ func Capabilities(cfg Config) hotplug.Capabilities {
 		c.HotplugNIC, c.HotUnplugNIC = true, true
 	case HypervisorCloudHyp:
 		c.HotplugNIC = true
+	}
+	if cfg.NetNSGiven && !cfg.Fixes.UnplugGivenNetNS {
+		c.HotUnplugNIC = false
 	}
 	c.ReMACsLink = cfg.InterworkingModel == ModelMacVtap
 	c.DetachByName = !(cfg.Fixes.LinkByIndex && cfg.Fixes.KeepLinkUp)

@@ -82,6 +82,9 @@ func Start(ctx context.Context, cfg StartConfig) (m *shimhook.Monitor, err error
 		log.Error("Kata gave no sandbox; the container starts without kata-netmon")
 		return nil, nil
 	}
+	// A netns the spec names is one Kata did not create (NetworkCreated
+	// false), which decides whether this Kata can unplug at all.
+	cfg.Config.NetNSGiven = specNetNSPath(cfg.Spec) != ""
 	if missing := cfg.Config.Fixes.Missing(); missing != "" {
 		log.WithField("missing_fixes", missing).Debug("this Kata lacks fixes of kata-netmon's patch series; steering around them")
 	}
@@ -110,4 +113,18 @@ func Start(ctx context.Context, cfg StartConfig) (m *shimhook.Monitor, err error
 		log.WithError(err).Error("kata-netmon did not start; the container starts without it, and Kata's own network rescan runs")
 		return nil, nil
 	}
+}
+
+// specNetNSPath returns the path of the network namespace entry of spec,
+// "" when it has none or an empty one (Kata then creates the netns).
+func specNetNSPath(spec *specs.Spec) string {
+	if spec == nil || spec.Linux == nil {
+		return ""
+	}
+	for _, ns := range spec.Linux.Namespaces {
+		if ns.Type == specs.NetworkNamespace {
+			return ns.Path
+		}
+	}
+	return ""
 }

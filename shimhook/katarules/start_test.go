@@ -160,3 +160,23 @@ func TestStartWithoutHotplug(t *testing.T) {
 		t.Errorf("want an info line with ErrNotMonitored, got %v", hook.AllEntries())
 	}
 }
+
+func TestSpecNetNSPath(t *testing.T) {
+	withNet := func(path string) *specs.Spec {
+		return &specs.Spec{Linux: &specs.Linux{Namespaces: []specs.LinuxNamespace{
+			{Type: specs.PIDNamespace, Path: "/proc/1/ns/pid"}, {Type: specs.NetworkNamespace, Path: path}}}}
+	}
+	for _, tc := range []struct {
+		spec *specs.Spec
+		want string
+	}{
+		{nil, ""},
+		{&specs.Spec{}, ""},
+		{withNet(""), ""},
+		{withNet("/run/docker/netns/0123456789ab"), "/run/docker/netns/0123456789ab"},
+	} {
+		if got := specNetNSPath(tc.spec); got != tc.want {
+			t.Errorf("specNetNSPath(%+v) = %q, want %q", tc.spec, got, tc.want)
+		}
+	}
+}

@@ -50,6 +50,9 @@ type NetmonLoopOptions struct {
 	NetNSPath string
 	// MacVtap selects internetworking_model "macvtap" (else "tcfilter").
 	MacVtap bool
+	// NetNSGiven: Kata did not create the netns (NetworkCreated false, as
+	// when the OCI spec names it: dockerd creating it, moby#52488).
+	NetNSGiven bool
 }
 
 // NewNetmonLoop builds the sandbox. There is no /dev/vhost-net here:
@@ -76,7 +79,7 @@ func NewNetmonLoop(t testing.TB, o NetmonLoopOptions) *NetmonLoop {
 			netNSPath:         o.NetNSPath,
 			eps:               []Endpoint{},
 			interworkingModel: model,
-			netNSCreated:      true,
+			netNSCreated:      !o.NetNSGiven,
 		},
 		config:     &SandboxConfig{ID: id, HypervisorConfig: HypervisorConfig{DisableVhostNet: true}},
 		devManager: manager.NewDeviceManager(config.VirtioSCSI, false, "", 0, nil),

@@ -121,3 +121,29 @@ func TestNetmonProbeKeepLinkUp(t *testing.T) {
 		t.Error("eth0 was set down by the hot unplug")
 	}
 }
+
+// TestNetmonProbeUnplugGivenNetNS: a hot unplug removes the NIC from the VM
+// (and the tap from the netns) also when Kata did not create the netns
+// (series patch 0006; Kata 4.1's VethEndpoint.HotDetach returns at once
+// when !netNsCreated, veth_endpoint.go:159).
+func TestNetmonProbeUnplugGivenNetNS(t *testing.T) {
+	netmontest.RequireRoot(t)
+	path, ns := netmontest.NewNetNS(t)
+	h := netmontest.HandleAt(t, ns)
+	l := NewNetmonLoop(t, NetmonLoopOptions{NetNSPath: path, NetNSGiven: true})
+	ctx := context.Background()
+	inf := netmonProbeVeth(t, h, "eth0", "172.17.0.2/16")
+	if _, err := l.Sandbox.AddInterface(ctx, inf); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.Sandbox.RemoveInterface(ctx, &pbTypes.Interface{HwAddr: inf.HwAddr}); err != nil {
+		t.Fatal(err)
+	}
+	unplugged := false
+	for _, p := range l.HV.Plugs() {
+		unplugged = unplugged || p == "-"+inf.HwAddr
+	}
+	if !unplugged {
+		t.Errorf("the NIC was not removed from the VM: plugs %v", l.HV.Plugs())
+	}
+}
