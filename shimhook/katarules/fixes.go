@@ -16,8 +16,9 @@ type Fixes struct {
 	// PCIPath: Sandbox.AddInterface announces the PCI path of the NIC it
 	// just plugged (patch 0001). Without it (Kata 4.1, sandbox.go:1276,
 	// inf.DevicePath = endpoints[0].PciPath()), every NIC after the first
-	// is announced with the first NIC's path, and the agent (3.32.0 and
-	// later) gives that NIC, the guest's eth0, the new MAC and addresses.
+	// is announced with the first NIC's path: the agent does not wait for
+	// the new NIC, usually fails to find it ("No such device"), and Kata's
+	// rollback sets the container's link down (docs/kata-model.md, row 15).
 	PCIPath bool
 	// LinkByIndex: a hot unplug finds the endpoint's link by the ifindex
 	// recorded at attach, not by its name (patch 0003). Without it
@@ -71,7 +72,8 @@ func (f Fixes) Missing() string {
 // PCI-path fix, for a NIC the guest would not get right.
 func OneNICReason() string {
 	return fmt.Sprintf("this Kata lacks the fix %q of kata-netmon's Kata patch series: it would announce the guest's first NIC "+
-		"for this one, and the agent would give that NIC this NIC's MAC and addresses. Build Kata with the series: %s",
+		"for this one, so the agent would not wait for this NIC and Kata would undo the attach, taking the container's link down. "+
+		"Build Kata with the series: %s",
 		FixPCIPath, BuildCommand)
 }
 

@@ -146,8 +146,9 @@ func (s *Sandbox) Reach(ctx context.Context, t testing.TB, ip string, port int) 
 
 // CheckNIC checks that the guest has a NIC with the endpoint's MAC, named
 // name, UP, carrying the endpoint's IPv4 address and prefix length, and
-// that no other link has that MAC (Kata's agent re-MACs a NIC it was told
-// the wrong PCI path of). It reads the guest's kernel, not Kata's view.
+// that no other link has that MAC (Kata's agent re-MACs the netdev it finds
+// at the PCI path it was told, when one sits right under it). It reads the
+// guest's kernel, not Kata's view.
 func CheckNIC(links []*guestproto.Link, name string, ep *dockerenv.Endpoint) error {
 	l := guest.FindLink(links, ep.MacAddress)
 	switch {

@@ -15,8 +15,9 @@
 // link, which then gets a random MAC and loses its addresses), passes the
 // tap's queue fd to QEMU (getfd), adds a netdev and a virtio-net-pci device
 // on a free pcie-root-port and has the agent configure the NIC at the PCI
-// path it announces: the first endpoint's as shipped (the agent then
-// re-MACs the guest's eth0), the new one's when patched. RemoveInterface
+// path it announces: the first endpoint's as shipped (the agent then does
+// not wait for the new NIC and usually fails to find it), the new one's
+// when patched. RemoveInterface
 // finds the endpoint by MAC and hot-detaches it: as shipped the tap and the
 // link found by its attach-time name go first (that link is set DOWN),
 // then the device; patched, the device first and the link by its ifindex,
