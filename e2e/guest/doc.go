@@ -21,8 +21,8 @@
 //   - hazards_test.go, agent_test.go: the controls, without a monitor
 //     (TestShippedSecondNIC, TestDetachByName, TestRollback,
 //     TestEndpointWipe, TestDuplicateAttach, TestTapIndexCollision,
-//     TestMacvtapRoutesGone, TestStaleName, TestDuplicateMAC,
-//     TestAgentRules, TestNetNSNotCreated);
+//     TestFailedTapSetup, TestMacvtapRoutesGone, TestStaleName,
+//     TestDuplicateMAC, TestAgentRules, TestNetNSNotCreated);
 //   - TestDocker: the monitor through shimhook.Start against a real Docker
 //     29, the sandbox handed over as production hands it (katasim's Port):
 //     patched, run/connect/disconnect and three networks at start answer

@@ -140,10 +140,11 @@ func (s *Sandbox) addSingleEndpoint(ctx context.Context, c *Call, ni netInfo) (*
 // hotAttach is the endpoint's HotAttach (veth_endpoint.go 140-155): the
 // tap plumbing, then the hypervisor. An error in either is returned; as
 // shipped nothing is undone, with FixForgetFailedOnly a failed hot-plug
-// undoes the plumbing (the link stays up).
+// undoes the plumbing (the link stays up), with FixUndoPartialTap a failed
+// plumbing undoes itself (setupTCFiltering, tapNetworkPair).
 func (s *Sandbox) hotAttach(ctx context.Context, c *Call, ep *Endpoint) error {
 	t := time.Now()
-	if err := s.xConnect(ep); err != nil {
+	if err := s.xConnect(c, ep); err != nil {
 		c.logf("Error bridging virtual ep: %v", err)
 		return err
 	}
@@ -167,18 +168,30 @@ var digits = regexp.MustCompile("[0-9]+")
 // last name without digits is an error. Live taps can collide with it
 // without any failure: [eth0 tap0, eth1 tap1] - eth0 + eth0 gives tap2,
 // then eth2 gives tap2 again. With FixFreeTapIndex: the lowest index no
-// endpoint's tap or netdev uses.
+// endpoint's tap or netdev uses; with FixSkipExistingTap too, whose tap
+// name no link of the netns has (a tap a failed attach left, a stale one).
 func (s *Sandbox) tapIndex() (int, error) {
 	if s.has(FixFreeTapIndex) {
 		used := map[int]bool{}
 		for _, ep := range s.eps {
 			used[ep.TapIndex] = true
 		}
-		idx := 0
-		for used[idx] {
-			idx++
+		for idx := 0; ; idx++ {
+			if used[idx] {
+				continue
+			}
+			if s.has(FixSkipExistingTap) {
+				name := fmt.Sprintf("tap%d_kata", idx)
+				_, err := s.handle.LinkByName(name)
+				if err == nil {
+					continue
+				}
+				if !linkGone(err) {
+					return 0, fmt.Errorf("Could not look up link %s: %w", name, err)
+				}
+			}
+			return idx, nil
 		}
-		return idx, nil
 	}
 	idx := len(s.eps)
 	if len(s.eps) > 0 {

@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
+	"slices"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -25,14 +26,31 @@ import (
 
 // xConnect wires the endpoint's link (or, for a tap endpoint, a new tap) to
 // a tap the VM will use.
-func (s *Sandbox) xConnect(ep *Endpoint) error {
+func (s *Sandbox) xConnect(c *Call, ep *Endpoint) error {
 	switch {
 	case ep.Kind == "tap":
 		return s.tapNetwork(ep)
 	case ep.Model == MacVTap:
-		return s.tapNetworkPair(ep)
+		return s.tapNetworkPair(c, ep)
 	}
-	return s.setupTCFiltering(ep)
+	return s.setupTCFiltering(c, ep)
+}
+
+// failStep is Options.FailTapStep's verdict on step.
+func (s *Sandbox) failStep(step TapStep) error {
+	if s.opts.FailTapStep == nil {
+		return nil
+	}
+	return s.opts.FailTapStep(step)
+}
+
+// release closes queue fds that a failed tap setup opened and that the
+// "shim" would otherwise hold (FixUndoPartialTap).
+func (s *Sandbox) release(fds []*os.File) {
+	for _, f := range fds {
+		s.held = slices.DeleteFunc(s.held, func(h *os.File) bool { return h == f })
+		f.Close()
+	}
 }
 
 // xDisconnect undoes xConnect. linkDown is false for the undo of a failed
@@ -75,20 +93,38 @@ func linkGone(err error) bool {
 
 // setupTCFiltering, in Kata's order: the tap (multi-queue, vnet_hdr;
 // TUNSETIFF on the name of a live multi-queue tap attaches one more queue
-// to it, R25), the link BY NAME, the tap's MAC record, MTU and UP, ingress
-// qdiscs on tap then link (EBUSY retried), then the two u32 mirred
-// redirects. The link's MAC, addresses and admin state are not touched:
-// a link that is DOWN stays DOWN (R22).
-func (s *Sandbox) setupTCFiltering(ep *Endpoint) error {
+// to it, R25), the vhost fds (StepVhostFds), the link BY NAME, the tap's
+// MAC record, MTU and UP, ingress qdiscs on tap then link (EBUSY retried),
+// then the two u32 mirred redirects (the last one StepRedirect). The
+// link's MAC, addresses and admin state are not touched: a link that is
+// DOWN stays DOWN (R22). A step that fails returns; as shipped nothing is
+// undone (the tap stays, with its queue fds held, and whatever qdisc and
+// filter were added); with FixUndoPartialTap, undoTCFiltering.
+func (s *Sandbox) setupTCFiltering(c *Call, ep *Endpoint) (err error) {
+	var u tcUndo
+	if s.has(FixUndoPartialTap) {
+		if tap, lerr := s.handle.LinkByName(ep.TapName); lerr == nil {
+			u.oldTap = tap.Attrs()
+		}
+		defer func() {
+			if err != nil {
+				s.undoTCFiltering(c, ep, &u)
+			}
+		}()
+	}
 	tapf, err := s.openTap(ep.TapName)
 	if err != nil {
 		return fmt.Errorf("Could not create TAP interface: LinkAdd() failed for tuntap name %s: %w", ep.TapName, err)
 	}
 	ep.fds = []*os.File{tapf}
 	s.held = append(s.held, tapf)
+	u.tapOpened = true
 	tap, err := s.handle.LinkByName(ep.TapName)
 	if err != nil {
 		return fmt.Errorf("Could not create TAP interface: %w", err)
+	}
+	if err := s.failStep(StepVhostFds); err != nil {
+		return fmt.Errorf("Could not setup vhost fds %s : %s", ep.Name, err)
 	}
 	link, err := s.linkForEndpoint(ep)
 	if err != nil {
@@ -107,13 +143,83 @@ func (s *Sandbox) setupTCFiltering(ep *Endpoint) error {
 		if err := s.addQdiscIngress(ix); err != nil {
 			return err
 		}
+		if ix == la.Index {
+			u.linkQdisc = ix
+		} else {
+			u.tapQdisc = ix
+		}
 	}
 	for _, p := range [][2]int{{la.Index, tap.Attrs().Index}, {tap.Attrs().Index, la.Index}} {
+		if p[0] == tap.Attrs().Index {
+			if err := s.failStep(StepRedirect); err != nil {
+				return fmt.Errorf("Failed to add filter for index %d : %s", p[0], err)
+			}
+		}
 		if err := s.handle.FilterAdd(redirect(p[0], p[1])); err != nil {
 			return fmt.Errorf("Failed to add filter for index %d : %s", p[0], err)
 		}
 	}
 	return nil
+}
+
+// tcUndo is what a setupTCFiltering call did so far (FixUndoPartialTap).
+type tcUndo struct {
+	oldTap              *netlink.LinkAttrs // the tap of that name before the call, if any
+	tapOpened           bool               // the call made the tap, or joined the one that existed
+	tapQdisc, linkQdisc int                // ifindexes the call added an ingress qdisc to
+}
+
+// undoTCFiltering is 0010's undo of a failed setupTCFiltering: the
+// ingress qdisc the call added to the link goes (with the redirect under
+// it; a qdisc that was there, an attached endpoint's, is not the call's);
+// its queue fds are closed; the tap it made is deleted, a tap that existed
+// gets its ingress qdisc, MTU and admin state back. Failures are logged.
+func (s *Sandbox) undoTCFiltering(c *Call, ep *Endpoint, u *tcUndo) {
+	if u.linkQdisc != 0 {
+		if err := s.delQdiscIngress(u.linkQdisc); err != nil {
+			c.logf("Could not remove the ingress qdisc of the link of a failed attach: %v", err)
+		}
+	}
+	if u.oldTap != nil && u.tapQdisc != 0 {
+		if err := s.delQdiscIngress(u.tapQdisc); err != nil {
+			c.logf("Could not remove the ingress qdisc of the TAP of a failed attach: %v", err)
+		}
+	}
+	s.release(ep.fds)
+	ep.fds = nil
+	if u.oldTap != nil && !u.tapOpened {
+		return
+	}
+	tap, err := s.handle.LinkByName(ep.TapName)
+	if err != nil {
+		if !linkGone(err) {
+			c.logf("Could not get the TAP of a failed attach: %v", err)
+		}
+		return
+	}
+	if _, ok := tap.(*netlink.Tuntap); !ok {
+		return
+	}
+	if u.oldTap == nil {
+		if err := s.handle.LinkDel(tap); err != nil {
+			c.logf("Could not remove the TAP of a failed attach: %v", err)
+		}
+		return
+	}
+	if err := s.handle.LinkSetMTU(tap, u.oldTap.MTU); err != nil {
+		c.logf("Could not restore the MTU of the TAP of a failed attach: %v", err)
+	}
+	if u.oldTap.Flags&net.FlagUp == 0 {
+		if err := s.handle.LinkSetDown(tap); err != nil {
+			c.logf("Could not disable the TAP of a failed attach again: %v", err)
+		}
+	}
+}
+
+// delQdiscIngress deletes the ingress qdisc of the link (and the filters
+// under it).
+func (s *Sandbox) delQdiscIngress(index int) error {
+	return s.handle.QdiscDel(&netlink.Ingress{QdiscAttrs: netlink.QdiscAttrs{LinkIndex: index, Parent: netlink.HANDLE_INGRESS}})
 }
 
 // addQdiscIngress: EBUSY is retried 5 times (10, 20, 30, 40 ms apart);
@@ -230,14 +336,25 @@ const (
 // endpoint's random MAC and the macvtap the link's own; the macvtap UP;
 // every address of the link (any family) saved and deleted (the kernel
 // drops the link's IPv4 routes with its last IPv4 address); the link UP;
-// the queue fd opened at /dev/tap<macvtap ifindex>.
-func (s *Sandbox) tapNetworkPair(ep *Endpoint) error {
+// the queue fd opened at /dev/tap<macvtap ifindex>; the vhost fds
+// (StepVhostFds). A step that fails returns; as shipped nothing is undone
+// (the macvtap stays, the link keeps the random MAC and has no address);
+// with FixUndoPartialTap, undoTapNetworkPair.
+func (s *Sandbox) tapNetworkPair(c *Call, ep *Endpoint) (err error) {
 	link, err := s.linkForEndpoint(ep)
 	if err != nil {
 		return err
 	}
 	la := link.Attrs()
 	ep.LinkIndex = la.Index
+	var u macvtapUndo
+	if s.has(FixUndoPartialTap) {
+		defer func() {
+			if err != nil {
+				s.undoTapNetworkPair(c, ep, link, &u)
+			}
+		}()
+	}
 	qlen := la.TxQLen
 	if qlen <= 0 {
 		qlen = 1500
@@ -257,6 +374,7 @@ func (s *Sandbox) tapNetworkPair(ep *Endpoint) error {
 	if err != nil {
 		return fmt.Errorf("Could not create TAP interface: LinkAdd() failed for macvtap name %s: %s", ep.TapName, err)
 	}
+	u.tap = tap // LinkAdd fails on a name that exists: this call's
 	ep.HwAddr = la.HardwareAddr.String()
 	if err := s.handle.LinkSetMTU(tap, la.MTU); err != nil {
 		return fmt.Errorf("Could not set TAP MTU %d: %s", la.MTU, err)
@@ -268,6 +386,7 @@ func (s *Sandbox) tapNetworkPair(ep *Endpoint) error {
 	if err := s.handle.LinkSetHardwareAddr(link, virt); err != nil {
 		return fmt.Errorf("Could not set MAC address %s for veth interface %s: %s", ep.VirtMAC, ep.Name, err)
 	}
+	u.linkMAC = la.HardwareAddr
 	if err := s.handle.LinkSetHardwareAddr(tap, la.HardwareAddr); err != nil {
 		return fmt.Errorf("Could not set MAC address %s for TAP interface %s: %s", ep.HwAddr, ep.TapName, err)
 	}
@@ -279,6 +398,7 @@ func (s *Sandbox) tapNetworkPair(ep *Endpoint) error {
 		return fmt.Errorf("Unable to obtain veth IP addresses: %s", err)
 	}
 	ep.SavedAddrs = addrs
+	u.addrs = addrs
 	for i := range addrs {
 		if err := s.handle.AddrDel(link, &addrs[i]); err != nil {
 			return fmt.Errorf("Unable to clear veth IP addresses: %s", err)
@@ -287,13 +407,55 @@ func (s *Sandbox) tapNetworkPair(ep *Endpoint) error {
 	if err := s.handle.LinkSetUp(link); err != nil {
 		return fmt.Errorf("Could not enable veth %s: %s", ep.Name, err)
 	}
+	u.setUp = la.Flags&net.FlagUp == 0
 	f, err := os.OpenFile(fmt.Sprintf("/dev/tap%d", tap.Attrs().Index), os.O_RDWR, 0)
 	if err != nil {
 		return fmt.Errorf("Could not setup macvtap fds %s: %s", ep.TapName, err)
 	}
 	ep.fds = []*os.File{f}
 	s.held = append(s.held, f)
+	if err := s.failStep(StepVhostFds); err != nil {
+		return fmt.Errorf("Could not setup vhost fds %s : %s", ep.Name, err)
+	}
 	return nil
+}
+
+// macvtapUndo is what a tapNetworkPair call did so far (FixUndoPartialTap).
+type macvtapUndo struct {
+	tap     netlink.Link     // the macvtap it made
+	linkMAC net.HardwareAddr // the link's MAC, if the call changed it
+	addrs   []netlink.Addr   // the link's addresses, if the call (may have) deleted them
+	setUp   bool             // the link was down and the call set it up
+}
+
+// undoTapNetworkPair is 0010's undo of a failed tapNetworkPair, in
+// untapNetworkPair's order: the queue fds closed, the macvtap deleted, the
+// link's MAC back, the link down only if the call set it up, its addresses
+// back (those still there are not added again; the routes the kernel
+// dropped with them are not restored). Failures are logged.
+func (s *Sandbox) undoTapNetworkPair(c *Call, ep *Endpoint, link netlink.Link, u *macvtapUndo) {
+	s.release(ep.fds)
+	ep.fds = nil
+	if u.tap != nil {
+		if err := s.handle.LinkDel(u.tap); err != nil {
+			c.logf("Could not remove the TAP of a failed attach: %v", err)
+		}
+	}
+	if u.linkMAC != nil {
+		if err := s.handle.LinkSetHardwareAddr(link, u.linkMAC); err != nil {
+			c.logf("Could not restore the MAC address of the link of a failed attach: %v", err)
+		}
+	}
+	if u.setUp {
+		if err := s.handle.LinkSetDown(link); err != nil {
+			c.logf("Could not disable the link of a failed attach again: %v", err)
+		}
+	}
+	for i := range u.addrs {
+		if err := s.handle.AddrAdd(link, &u.addrs[i]); err != nil && !errors.Is(err, unix.EEXIST) {
+			c.logf("Could not restore an address of the link of a failed attach: %v", err)
+		}
+	}
 }
 
 // untapNetworkPair (R29): the macvtap deleted by name; then the link - BY

@@ -8,7 +8,10 @@
 // Options select the runtime: Kata 4.1 as shipped (AsShipped) or with this
 // project's patch series (Patched, the default; Without and With change
 // single fixes for control tests), in the tcfilter (default) or macvtap
-// internetworking model, in a netns Kata created (default) or not.
+// internetworking model, in a netns Kata created (default) or not; and
+// FailTapStep fails a step of the tap setup on demand (where Kata opens
+// /dev/vhost-net, or the last redirect), which as shipped leaves what the
+// setup made behind and patched (0010) undoes it.
 //
 // AddInterface looks the link up by name inside the attach, wires it to a
 // tap "tap<N>_kata" (tc mirred redirects both ways, or a macvtap on the

@@ -52,9 +52,9 @@ func (m Model) String() string {
 }
 
 // Fix is one change of this project's Kata patch series
-// (/work/kata/series, 0001-0008; 0009 closes a netns descriptor and 0010 is
-// the shim's monitor hook: nothing a monitor sees), the runtime only: the
-// agent is the same in both. Patched has them all.
+// (shimhook/kata/series, 0001-0008, 0010 and 0011; 0009 closes a netns
+// descriptor and 0012 is the shim's monitor hook: nothing a monitor sees),
+// the runtime only: the agent is the same in both. Patched has them all.
 type Fix uint
 
 const (
@@ -85,10 +85,21 @@ const (
 	// FixNoTuntapPanic (0008): AddInterface of Type "tuntap" fails
 	// instead of panicking.
 	FixNoTuntapPanic
+	// FixUndoPartialTap (0010): a tap setup (setupTCFiltering,
+	// tapNetworkPair) that fails part way undoes what it did, and only
+	// that: its queue fds, the tap or macvtap it made, the ingress qdisc
+	// it added to the link, the link's MAC, addresses and admin state; a
+	// tap that existed before gets its MTU, admin state and qdisc back.
+	FixUndoPartialTap
+	// FixSkipExistingTap (0011): the free tap index also skips an index
+	// whose tap name a link of the netns has. It changes FixFreeTapIndex's
+	// rule, which it is built on: without that fix it changes nothing.
+	FixSkipExistingTap
 
 	// AllFixes is the whole series: what Patched means.
 	AllFixes = FixPCIPath | FixDetachOrder | FixLinkByIndex | FixForgetFailedOnly |
-		FixKeepLinkUp | FixDetachNotCreatedNetNS | FixFreeTapIndex | FixNoTuntapPanic
+		FixKeepLinkUp | FixDetachNotCreatedNetNS | FixFreeTapIndex | FixNoTuntapPanic |
+		FixUndoPartialTap | FixSkipExistingTap
 )
 
 var fixNames = []struct {
@@ -98,8 +109,26 @@ var fixNames = []struct {
 	{FixPCIPath, "pci-path"}, {FixDetachOrder, "detach-order"}, {FixLinkByIndex, "link-by-index"},
 	{FixForgetFailedOnly, "forget-failed-only"}, {FixKeepLinkUp, "keep-link-up"},
 	{FixDetachNotCreatedNetNS, "detach-not-created-netns"}, {FixFreeTapIndex, "free-tap-index"},
-	{FixNoTuntapPanic, "no-tuntap-panic"},
+	{FixNoTuntapPanic, "no-tuntap-panic"}, {FixUndoPartialTap, "undo-partial-tap"},
+	{FixSkipExistingTap, "skip-existing-tap"},
 }
+
+// TapStep names a step of the tap setup that Options.FailTapStep can make
+// fail.
+type TapStep string
+
+const (
+	// StepVhostFds is createVhostFds, which opens /dev/vhost-net when
+	// disable_vhost_net is false: in the tcfilter model right after the
+	// tap is made (setupTCFiltering), in the macvtap model last, after
+	// the link's MAC, addresses and admin state changed (tapNetworkPair).
+	// katasim otherwise runs as with disable_vhost_net = true.
+	StepVhostFds TapStep = "createVhostFds"
+	// StepRedirect is the tcfilter model's last step, the redirect from
+	// the tap to the link (addRedirectTCFilter), after both ingress
+	// qdiscs and the link's redirect were added.
+	StepRedirect TapStep = "addRedirectTCFilter"
+)
 
 func (f Fix) String() string {
 	if f == 0 {
@@ -147,6 +176,13 @@ type Options struct {
 	// 10 s). Kata has no bound (the VM's context): a guest that never
 	// lets go blocks every later QMP command.
 	UnplugWait time.Duration
+	// FailTapStep, if set, is asked at each TapStep of an endpoint's
+	// tap setup; an error fails the setup there as Kata's fails (e.g.
+	// StepVhostFds: "open /dev/vhost-net: no such file or directory", a
+	// host without vhost-net and disable_vhost_net = false). It is
+	// called with the sandbox's lock held, from the goroutine of the
+	// AddInterface or RescanNetwork call.
+	FailTapStep func(TapStep) error
 }
 
 // fixes is the set of fixes the options select.

@@ -4,7 +4,7 @@
 # ~/.cache/kata-netmon/proof; summary in SUMMARY.txt). Needs root and
 # KATA_MIRROR, a git directory of kata-containers holding KATA_BASE.
 #
-#   tools/prove.sh [PATCH...]        (default: 0 1 2 3 4 5 6 7 8 9 10)
+#   tools/prove.sh [PATCH...]        (default: 0 1 2 3 4 5 6 7 8 9 10 11 12)
 #
 # 0 is the baseline: the tests of the same files at the base commit.
 # For patch N, "with" is the series applied up to N; "without" is the series
@@ -13,11 +13,14 @@
 # TestSaveLoadIfPair (its new fixture needs the new field), and
 # "no-persist" is patch 3 without its save/load change. Patch 4 changes the
 # signature of removeTCFiltering(); its "without" tree keeps the old calls
-# in the existing tests. Patches 5-9 are plain "without"/"with". Patch 10 (the
-# shim hook) has tests that do not compile without its code ("without");
-# "seam-only" keeps its new file and service fields but not its calls in
-# startContainer(), deleteContainer(), loadRuntimeConfig() and Shutdown(), so
-# that they compile and fail on behaviour.
+# in the existing tests. Patches 5-9 and 11 are plain "without"/"with".
+# Patch 10's test makes /dev/vhost-net fail through the variable the patch
+# adds (vhostNetDevice): its "without" tree has that variable, and nothing
+# else of the patch. Patch 12 (the shim hook) has tests that do not compile
+# without its code ("without"); "seam-only" keeps its new file and service
+# fields but not its calls in startContainer(), deleteContainer(),
+# loadRuntimeConfig() and Shutdown(), so that they compile and fail on
+# behaviour.
 #
 # Tests run as root with -race (as Kata's go-test.sh does), in private network
 # and mount namespaces (tools/in-private-ns.sh). cgroups that Kata's sandbox
@@ -32,12 +35,12 @@ mirror=${KATA_MIRROR:?set KATA_MIRROR to a git directory of kata-containers hold
 tree=${PROVE_TREE:-$cache/prove-tree}
 out=${PROVE_OUT:-$cache/proof}
 patches=("$@")
-[ ${#patches[@]} -gt 0 ] || patches=(0 1 2 3 4 5 6 7 8 9 10)
+[ ${#patches[@]} -gt 0 ] || patches=(0 1 2 3 4 5 6 7 8 9 10 11 12)
 
 mkdir -p "$out"
 export GOFLAGS="-buildvcs=false"
 
-# The test files whose tests run for the virtcontainers patches (1-4): the
+# The test files whose tests run for the virtcontainers patches (1-11): the
 # test files the series changes, and those of the source files it changes.
 vc_files=(network_linux_test.go network_test.go sandbox_linux_test.go sandbox_test.go
 	endpoint_test.go veth_endpoint_test.go macvlan_endpoint_test.go ipvlan_endpoint_test.go
@@ -161,7 +164,7 @@ for n in "${patches[@]}"; do
 		vc_run "p0-base-vc"
 		shim_run "p0-base-shim"
 		;;
-	1 | 2 | 5 | 6 | 7 | 8 | 9)
+	1 | 2 | 5 | 6 | 7 | 8 | 9 | 11)
 		without "$n"
 		vc_run "p$n-without-vc"
 		checkout "${commits[$n]}"
@@ -193,10 +196,26 @@ for n in "${patches[@]}"; do
 		;;
 	10)
 		without 10
-		shim_run "p10-without-shim"
+		# The test needs the patch's vhostNetDevice variable (only).
+		python3 - "$tree/src/runtime/virtcontainers/network_linux.go" <<'PY'
+import sys
+p = sys.argv[1]
+s = open(p).read()
+old = '\tvhostDev := "/dev/vhost-net"\n\treturn createFds(vhostDev, numFds)\n'
+assert s.count(old) == 1
+s = s.replace(old, '\treturn createFds(vhostNetDevice, numFds)\n')
+open(p, "w").write(s + '\nvar vhostNetDevice = "/dev/vhost-net"\n')
+PY
+		vc_run "p10-without-vc"
 		checkout "${commits[10]}"
+		vc_run "p10-with-vc"
+		;;
+	12)
+		without 12
+		shim_run "p12-without-shim"
+		checkout "${commits[12]}"
 		d=$tree/src/runtime/pkg/containerd-shim-v2
-		git -C "$tree" checkout "${commits[9]}" -- src/runtime/pkg/containerd-shim-v2/start.go \
+		git -C "$tree" checkout "${commits[11]}" -- src/runtime/pkg/containerd-shim-v2/start.go \
 			src/runtime/pkg/containerd-shim-v2/delete.go src/runtime/pkg/containerd-shim-v2/create.go
 		python3 - "$d/service.go" <<'PY'
 import sys
@@ -206,9 +225,9 @@ hunk = "\ts.mu.Lock()\n\tstopNetworkMonitor(ctx, s)\n\ts.mu.Unlock()\n\n"
 assert s.count(hunk) == 1
 open(p, "w").write(s.replace(hunk, ""))
 PY
-		shim_run "p10-seam-only-shim"
-		checkout "${commits[10]}"
-		shim_run "p10-with-shim"
+		shim_run "p12-seam-only-shim"
+		checkout "${commits[12]}"
+		shim_run "p12-with-shim"
 		;;
 	esac
 	# Whatever the tests, the tree with the patch builds and vets.
