@@ -9,6 +9,7 @@ package virtcontainers
 
 import (
 	"context"
+	"strings"
 	"testing"
 
 	"github.com/vishvananda/netlink"
@@ -141,7 +142,7 @@ func TestNetmonProbeUnplugGivenNetNS(t *testing.T) {
 	}
 	unplugged := false
 	for _, p := range l.HV.Plugs() {
-		unplugged = unplugged || p == "-"+inf.HwAddr
+		unplugged = unplugged || strings.HasPrefix(p, "-"+inf.HwAddr+" ")
 	}
 	if !unplugged {
 		t.Errorf("the NIC was not removed from the VM: plugs %v", l.HV.Plugs())
