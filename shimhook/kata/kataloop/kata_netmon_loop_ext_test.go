@@ -556,7 +556,16 @@ func TestNetmonLoopMACChanged(t *testing.T) {
 			e.settle("the new MAC attached, the old one gone", eps, gw)
 			return
 		}
-		e.settle("the NIC with Docker's MAC untouched", eps, gw)
+		// A later connect, which the monitor sees after the MAC change
+		// (one socket, the kernel's order): once it is handled, so was
+		// the MAC change.
+		before := e.refused()
+		later := e.connect(2, "eth2", false)
+		if patched() {
+			e.settle("a later connect attached, the NIC with Docker's MAC untouched", append(eps, later), gw)
+		} else {
+			e.expectRefused(later, eps, gw, before)
+		}
 		if p := e.loop.HV.Plugs(); slices.ContainsFunc(p, func(s string) bool { return strings.HasPrefix(s, "-"+orig) }) {
 			t.Fatalf("the NIC was unplugged for a MAC change of Kata's macvtap parent: plugs %v", p)
 		}
