@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"runtime"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -219,8 +220,27 @@ func TestInitialList(t *testing.T) {
 		t.Fatal(err)
 	}
 	if !equalViews(s, fresh) {
-		t.Errorf("first snapshot differs from a fresh list")
+		t.Errorf("first snapshot differs from a fresh list:\n%s", viewDiff(s, fresh))
 	}
+}
+
+// viewDiff describes how two views differ, for failures.
+func viewDiff(a, b *view.Snapshot) string {
+	var out []string
+	for idx, la := range a.Links {
+		if lb := b.Links[idx]; !reflect.DeepEqual(la, lb) {
+			out = append(out, fmt.Sprintf("link %d: %+v (peer %+v)\n     vs %+v", idx, la, la.Peer, lb))
+		}
+	}
+	for idx, lb := range b.Links {
+		if a.Links[idx] == nil {
+			out = append(out, fmt.Sprintf("link %d only in the second: %+v", idx, lb))
+		}
+	}
+	if !reflect.DeepEqual(a.Routes, b.Routes) {
+		out = append(out, fmt.Sprintf("routes %+v\n    vs %+v", a.Routes, b.Routes))
+	}
+	return strings.Join(out, "\n")
 }
 
 func mustCIDR(s string) *net.IPNet {
@@ -645,7 +665,7 @@ func TestResyncAfterKilledSubscription(t *testing.T) {
 	a, _ := vethPair(t, e.Sandbox)
 	m := e.start(t, nil)
 	for i := 1; i <= 3; i++ {
-		if !netmon.KillSubscriptions(m) {
+		if !netmon.KillSocket(m) {
 			t.Fatal("no subscription to kill")
 		}
 		// Changes made while the subscription is dead are in the re-list.
@@ -667,7 +687,7 @@ func TestNetNSGone(t *testing.T) {
 	if err := netns.DeleteNamed(filepath.Base(e.SandboxPath)); err != nil {
 		t.Fatal(err)
 	}
-	netmon.KillSubscriptions(m)
+	netmon.KillSocket(m)
 	select {
 	case <-m.Done():
 	case <-time.After(waitTimeout):
