@@ -244,11 +244,22 @@ func (m *Monitor) Snapshot() *view.Snapshot {
 func (m *Monitor) Changed() <-chan struct{} { return m.changed }
 
 // LinkByName asks the kernel now (not the view) which link of the watched
-// netns carries name, and returns it without addresses or peer facts; nil
-// and no error when no link has that name. Kata looks links up by name, and
-// names are reused quickly, so callers check index and MAC right around each
-// hotplug call.
+// netns carries name, and returns its Index, Name, Kind, MAC, MTU and
+// RawFlags (no addresses, no peer facts); nil and no error when no link
+// has that name. Kata looks links up by name, and names are reused
+// quickly, so callers check index and MAC right around each hotplug call.
+//
+// When the name is still on the link the view has under it (the common
+// case), the kernel is asked through ioctls it answers without rtnl_lock
+// (see ioctlLink): an RTM_GETLINK queues behind whoever holds that lock, a
+// busy dockerd for milliseconds at a time, and this call sits between an
+// endpoint's readiness and its AddInterface. Otherwise it is an
+// RTM_GETLINK by name. RawFlags then holds only the low 16 bits of the
+// link's flags (IFF_UP, IFF_RUNNING, ...; not IFF_LOWER_UP).
 func (m *Monitor) LinkByName(name string) (*view.Link, error) {
+	if l := m.linkByNameFast(name); l != nil {
+		return l, nil
+	}
 	if _, err := m.handle(); err != nil {
 		return nil, err
 	}
@@ -265,6 +276,29 @@ func (m *Monitor) LinkByName(name string) (*view.Link, error) {
 		return nil, fmt.Errorf("read link %q in netns %q: %w", name, m.cfg.NetNSPath, err)
 	}
 	return linkFromNetlink(l), nil
+}
+
+// linkByNameFast answers LinkByName through ioctls when the published
+// view's link of that name still carries it; nil when it cannot tell.
+func (m *Monitor) linkByNameFast(name string) *view.Link {
+	m.mu.Lock()
+	known := m.snap.LinkByName(name)
+	var index int
+	var kind string
+	if known != nil {
+		index, kind = known.Index, known.Kind
+	}
+	m.mu.Unlock()
+	sock := m.socket()
+	if known == nil || sock == nil {
+		return nil
+	}
+	l, err := sock.ioctlLink(index, name)
+	if err != nil || l == nil {
+		return nil
+	}
+	l.Kind = kind // an ifindex never changes kind
+	return l
 }
 
 // SetLinkUp sets the link with ifindex index of the watched netns up. It

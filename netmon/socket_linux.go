@@ -1,17 +1,21 @@
 package netmon
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"sync"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
 
 	"github.com/kata-netmon/kata-netmon/internal/nsfs"
+	"github.com/kata-netmon/kata-netmon/netmon/view"
 )
 
 // groups are the rtnetlink multicast groups the socket joins: links,
@@ -251,4 +255,85 @@ func doneError(m *syscall.NetlinkMessage) error {
 		return syscall.Errno(errno)
 	}
 	return nil
+}
+
+// ifreq is struct ifreq: a name and a 24-byte union.
+type ifreq struct {
+	name [unix.IFNAMSIZ]byte
+	data [24]byte
+}
+
+func (s *nlSocket) ioctl(req uint, r *ifreq) error {
+	var errno syscall.Errno
+	err := s.rc.Control(func(fd uintptr) {
+		_, _, errno = unix.Syscall(unix.SYS_IOCTL, fd, uintptr(req), uintptr(unsafe.Pointer(r)))
+	})
+	if err != nil {
+		return err
+	}
+	if errno != 0 {
+		return errno
+	}
+	return nil
+}
+
+// ifname returns the name of ifindex index (SIOCGIFNAME).
+func (s *nlSocket) ifname(index int) (string, error) {
+	var r ifreq
+	nl.NativeEndian().PutUint32(r.data[:4], uint32(index))
+	if err := s.ioctl(unix.SIOCGIFNAME, &r); err != nil {
+		return "", err
+	}
+	n, _, _ := bytes.Cut(r.name[:], []byte{0})
+	return string(n), nil
+}
+
+// ioctlLink reads the link with ifindex index if it is named name: its MAC
+// (SIOCGIFHWADDR), flags (SIOCGIFFLAGS, the low 16 bits) and MTU
+// (SIOCGIFMTU). The kernel answers these under RCU (the MAC under a rwsem
+// only MAC changes take), never rtnl_lock. They look the link up by name,
+// so the name is checked by index (SIOCGIFNAME, which does not try to load
+// a module for a missing name as the by-name ones do) before and after:
+// the same index under the same name both times is the same link. nil
+// when index does not carry name (or no longer exists).
+func (s *nlSocket) ioctlLink(index int, name string) (*view.Link, error) {
+	if len(name) >= unix.IFNAMSIZ {
+		return nil, nil
+	}
+	if got, err := s.ifname(index); err != nil || got != name {
+		return nil, err
+	}
+	byName := func(req uint) (ifreq, error) {
+		var r ifreq
+		copy(r.name[:], name)
+		return r, s.ioctl(req, &r)
+	}
+	hw, err := byName(unix.SIOCGIFHWADDR)
+	if err != nil {
+		return nil, err
+	}
+	fl, err := byName(unix.SIOCGIFFLAGS)
+	if err != nil {
+		return nil, err
+	}
+	mtu, err := byName(unix.SIOCGIFMTU)
+	if err != nil {
+		return nil, err
+	}
+	if got, err := s.ifname(index); err != nil || got != name {
+		return nil, err
+	}
+	l := &view.Link{
+		Index:       index,
+		Name:        name,
+		MTU:         int(nl.NativeEndian().Uint32(mtu.data[:4])),
+		RawFlags:    uint32(nl.NativeEndian().Uint16(fl.data[:2])),
+		LinkNetNSID: -1,
+	}
+	// ifr_hwaddr is a sockaddr: a 2-byte family, then the address. An
+	// Ethernet-like link has a 6-byte one; the others are not read here.
+	if fam := nl.NativeEndian().Uint16(hw.data[:2]); fam == unix.ARPHRD_ETHER {
+		l.MAC = net.HardwareAddr(bytes.Clone(hw.data[2:8]))
+	}
+	return l, nil
 }
