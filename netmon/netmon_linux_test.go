@@ -665,7 +665,10 @@ func TestLinkByNameRunning(t *testing.T) {
 	if l, err := m.LinkByName(tmp); l != nil || err != nil {
 		t.Errorf("LinkByName(%q) after it was renamed away = %+v, %v; want nil, nil", tmp, l, err)
 	}
-	waitView(t, m, "names swapped", func(s *view.Snapshot) bool { return s.LinkByName(an).Index == b.Attrs().Index })
+	waitView(t, m, "names swapped", func(s *view.Snapshot) bool {
+		l := s.LinkByName(an)
+		return l != nil && l.Index == b.Attrs().Index
+	})
 	check(an)
 	check(bn)
 }
