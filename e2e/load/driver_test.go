@@ -33,6 +33,7 @@ type driverEvent struct {
 	Cycle   int    `json:"cycle"`
 	MAC     string `json:"mac,omitempty"`
 	Name    string `json:"name,omitempty"`
+	Index   int    `json:"idx,omitempty"`      // the sandbox end's ifindex, in the sandbox netns
 	Ready   int64  `json:"ready_ns,omitempty"` // CLOCK_MONOTONIC right before the last step (up)
 	Removed bool   `json:"removed,omitempty"`
 	Err     string `json:"err,omitempty"`
@@ -142,7 +143,7 @@ func driveSandbox(cfg driverConfig, i int, path string, dns netns.NsHandle, emit
 		if err := sh.LinkSetUp(sl); err != nil {
 			return err
 		}
-		emit(driverEvent{Sandbox: i, Cycle: c, MAC: mac.String(), Name: "eth0", Ready: ready})
+		emit(driverEvent{Sandbox: i, Cycle: c, MAC: mac.String(), Name: "eth0", Index: sl.Attrs().Index, Ready: ready})
 		time.Sleep(cfg.Hold)
 		if err := dh.LinkDel(hl); err != nil {
 			return err
