@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/opencontainers/runtime-spec/specs-go"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
 
@@ -37,13 +38,14 @@ type env struct {
 	netmontest.Pair
 	bridge string
 	log    *logCounter
+	reg    *prometheus.Registry // the monitor's metrics: what it applied, skipped, resynced
 }
 
 const gateway = "172.27.0.1"
 
 func newEnv(b *testing.B) *env {
 	b.Helper()
-	e := &env{log: newLogCounter()}
+	e := &env{log: newLogCounter(), reg: prometheus.NewRegistry()}
 	e.Pair = netmontest.NewPair(b)
 	br := netmontest.AddBridge(b, e.Dockerd)
 	e.bridge = br.Name
@@ -73,6 +75,7 @@ func (e *env) start(b *testing.B, sb hotplug.Sandbox) *shimhook.Monitor {
 		HypervisorPID: os.Getpid(),
 		Settings:      s,
 		Log:           e.log.entry,
+		Registerer:    e.reg,
 	})
 	if err != nil || m == nil {
 		b.Fatalf("shimhook.Start = %v, %v", m, err)
@@ -218,6 +221,27 @@ func (s *sandbox) waitAdded(b *testing.B, mac net.HardwareAddr) time.Time {
 func (s *sandbox) waitRemoved(b *testing.B, mac net.HardwareAddr) {
 	b.Helper()
 	s.wait(b, "RemoveInterface "+mac.String(), func(s *sandbox) bool { return !s.removed[mac.String()].IsZero() })
+}
+
+// counter returns the sum of a counter family of the monitor's metrics
+// (all label values); 0 when the family is absent (an older monitor
+// without it).
+func (e *env) counter(b *testing.B, name string) float64 {
+	b.Helper()
+	mfs, err := e.reg.Gather()
+	if err != nil {
+		b.Fatalf("gather metrics: %v", err)
+	}
+	var sum float64
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			sum += m.GetCounter().GetValue()
+		}
+	}
+	return sum
 }
 
 // logCounter counts the monitor's log messages (resyncs, errors).
