@@ -11,7 +11,9 @@
 // AddInterface, split into the kernel's part (the driver's `up` to the
 // RUNNING event) and the decision (that event to AddInterface), for the
 // lone monitor and under load; it checks that every monitor attached and
-// detached exactly its own endpoints. The event times come from a tap
+// detached exactly its own endpoints. The driver holds each endpoint for a
+// while once its monitor attached it (the parent says when), so a slow
+// machine delays the churn rather than losing endpoints. The event times come from a tap
 // process with one socket per sandbox netns, read by one thread blocked in
 // epoll_wait. The sandboxes are in memory (Kata's semantics, no VM).
 //

@@ -54,6 +54,9 @@ const (
 	defaultCycles     = 3
 	defaultLoneCycles = 60
 	loadWait          = 60 * time.Second
+	// ackWait bounds the driver's wait for an endpoint's attach before
+	// its hold starts (see driverConfig.AckWait).
+	ackWait = 20 * time.Second
 )
 
 func envInt(name string, def int) int {
@@ -324,7 +327,7 @@ func churn(b *testing.B, plan churnPlan, sbs []*recSandbox) churnResult {
 	dir := b.TempDir()
 	tp := startTap(b, filepath.Join(dir, "tap.json"), plan.paths)
 	cfgJSON, err := json.Marshal(driverConfig{Dockerd: plan.dockerd, Bridge: plan.bridge, Sandboxes: plan.paths,
-		Cycles: plan.cycles, Hold: plan.hold, Gap: plan.gap, Stagger: plan.stagger})
+		Cycles: plan.cycles, Hold: plan.hold, Gap: plan.gap, Stagger: plan.stagger, AckWait: ackWait})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -339,6 +342,27 @@ func churn(b *testing.B, plan churnPlan, sbs []*recSandbox) churnResult {
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		b.Fatal(err)
+	}
+	ackPipe, err := cmd.StdinPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	// Tell the driver when each endpoint is attached (see AckWait).
+	var ackMu sync.Mutex
+	var acking sync.WaitGroup
+	ack := func(ev driverEvent) {
+		s := sbs[ev.Sandbox]
+		for deadline := time.Now().Add(ackWait); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+			s.mu.Lock()
+			_, ok := s.added[ev.MAC]
+			s.mu.Unlock()
+			if ok {
+				ackMu.Lock()
+				fmt.Fprintf(ackPipe, "%d %d\n", ev.Sandbox, ev.Cycle)
+				ackMu.Unlock()
+				return
+			}
+		}
 	}
 	cpu0 := mustCPU(b)
 	begin := time.Now()
@@ -355,8 +379,16 @@ func churn(b *testing.B, plan churnPlan, sbs []*recSandbox) churnResult {
 		if ev.Err != "" {
 			b.Errorf("driver, sandbox %d: %s", ev.Sandbox, ev.Err)
 		}
+		if ev.NoAck {
+			b.Errorf("sandbox %d: %s not attached within %v of its last step", ev.Sandbox, ev.MAC, ackWait)
+		}
+		if ev.MAC != "" && !ev.Removed && !ev.NoAck {
+			acking.Go(func() { ack(ev) })
+		}
 		events = append(events, ev)
 	}
+	acking.Wait()
+	ackPipe.Close()
 	if err := cmd.Wait(); err != nil {
 		b.Fatalf("driver: %v\n%s", err, stderr.String())
 	}
@@ -466,7 +498,7 @@ func runLoad(b *testing.B) {
 	loneReg := prometheus.NewRegistry()
 	loneSBs, stopLone := startMonitors(b, "lone", []string{lonePath}, dockerdPath, log, loneReg)
 	lone := churn(b, churnPlan{dockerd: dockerdPath, bridge: br.Name, paths: []string{lonePath},
-		cycles: loneCycles, hold: 30 * time.Millisecond, gap: 10 * time.Millisecond}, loneSBs)
+		cycles: loneCycles, hold: 20 * time.Millisecond, gap: 10 * time.Millisecond}, loneSBs)
 	stopLone()
 
 	reg := prometheus.NewRegistry()
