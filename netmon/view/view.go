@@ -165,6 +165,13 @@ type Peer struct {
 	PointsBack  bool   // a veth whose IFLA_LINK is this link and whose link-netnsid names the watched netns
 	MasterIndex int    // its master there; 0 when none
 	MasterKind  string // the master's kind ("bridge" for Docker's docker0 / br-*)
+
+	// Rechecking: these facts are not yet those of a Docker endpoint but
+	// may become so with no change in the watched netns (a veth peer that
+	// points back but is on no bridge yet, a read that failed), and netmon
+	// reads them again on a schedule of its own. False once they are
+	// final, or the schedule ended without them settling.
+	Rechecking bool
 }
 
 // Snapshot is an immutable copy of the view. Callers must not modify it.

@@ -1,0 +1,358 @@
+package netmon
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"runtime/debug"
+	"slices"
+	"syscall"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
+	"golang.org/x/sys/unix"
+
+	"github.com/kata-netmon/kata-netmon/netmon/view"
+)
+
+// errUndecodable wraps every failure to decode one message: the message
+// is skipped and counted, and the table it belongs to re-listed (a dump
+// skips what it cannot decode the same way), never the monitor.
+var errUndecodable = errors.New("undecodable netlink message")
+
+// Kinds of messages, as Observer.EventSeen and Observer.Undecodable name
+// them.
+const (
+	kindLink    = "link"
+	kindAddress = "address"
+	kindRoute   = "route"
+)
+
+// message is one decoded rtnetlink message: what the state needs of it.
+type message struct {
+	typ     uint16 // RTM_*
+	nlflags uint16 // NLM_F_*
+	kind    string
+	// keep is false for what the view does not hold: AF_BRIDGE link
+	// messages (bridge port changes), routes of other families (an
+	// AF_UNSPEC dump also returns multicast routing tables) and cloned
+	// routes (PMTU or redirect exceptions, which dumps leave out too).
+	keep bool
+
+	link *view.Link // kindLink
+
+	addrIndex int       // kindAddress: the link's ifindex
+	addr      view.Addr // kindAddress
+
+	route     view.Route // kindRoute
+	key       routeKey   // kindRoute
+	multipath bool       // kindRoute: RTA_MULTIPATH (LinkIndex is 0)
+}
+
+// kindOf names the kind of an rtnetlink message type, "" for others.
+func kindOf(typ uint16) string {
+	switch typ {
+	case unix.RTM_NEWLINK, unix.RTM_DELLINK:
+		return kindLink
+	case unix.RTM_NEWADDR, unix.RTM_DELADDR:
+		return kindAddress
+	case unix.RTM_NEWROUTE, unix.RTM_DELROUTE:
+		return kindRoute
+	}
+	return ""
+}
+
+func msgName(typ uint16) string {
+	switch typ {
+	case unix.RTM_NEWLINK:
+		return "RTM_NEWLINK"
+	case unix.RTM_DELLINK:
+		return "RTM_DELLINK"
+	case unix.RTM_GETLINK:
+		return "RTM_GETLINK"
+	case unix.RTM_NEWADDR:
+		return "RTM_NEWADDR"
+	case unix.RTM_DELADDR:
+		return "RTM_DELADDR"
+	case unix.RTM_GETADDR:
+		return "RTM_GETADDR"
+	case unix.RTM_NEWROUTE:
+		return "RTM_NEWROUTE"
+	case unix.RTM_DELROUTE:
+		return "RTM_DELROUTE"
+	case unix.RTM_GETROUTE:
+		return "RTM_GETROUTE"
+	}
+	return fmt.Sprintf("type %d", typ)
+}
+
+// decodeError is an undecodable message: what it was, why, and the stack
+// when decoding panicked (the netlink library's decoders index attribute
+// values without checking their length).
+type decodeError struct {
+	typ   uint16
+	err   error
+	stack []byte // non-nil after a panic
+}
+
+func (e *decodeError) Error() string {
+	return fmt.Sprintf("%s: %v: %v", msgName(e.typ), errUndecodable, e.err)
+}
+
+func (e *decodeError) Unwrap() []error { return []error{errUndecodable, e.err} }
+
+// decode decodes one link, address or route message. Links go through the
+// netlink library's LinkDeserialize. Addresses and routes are read here
+// from the library's exported header decoders and attribute splitter
+// (nl.DeserializeIfAddrmsg, nl.DeserializeRtMsg, nl.ParseRouteAttr),
+// taking only the attributes the view keeps: the library's own decoders
+// for them are not exported, and they fail on attributes the view never
+// needs (an IPv6 seg6 encapsulation with an HMAC: its segment list is not a
+// multiple of 16 bytes), which would lose the route itself. A message that
+// still cannot be decoded, or whose decoding panics, is a *decodeError
+// wrapping errUndecodable.
+func decode(m *syscall.NetlinkMessage) (msg message, err error) {
+	typ := m.Header.Type
+	defer func() {
+		if p := recover(); p != nil {
+			err = &decodeError{typ: typ, err: fmt.Errorf("panic: %v", p), stack: debug.Stack()}
+		}
+	}()
+	msg = message{typ: typ, nlflags: m.Header.Flags, kind: kindOf(typ)}
+	switch msg.kind {
+	case kindLink:
+		err = decodeLink(m, &msg)
+	case kindAddress:
+		err = decodeAddr(m.Data, &msg)
+	case kindRoute:
+		err = decodeRoute(m.Data, &msg)
+	default:
+		return msg, nil // not for the view; keep is false
+	}
+	if err != nil {
+		return msg, &decodeError{typ: typ, err: err}
+	}
+	return msg, nil
+}
+
+func decodeLink(m *syscall.NetlinkMessage, msg *message) error {
+	if len(m.Data) < unix.SizeofIfInfomsg {
+		return fmt.Errorf("%d bytes, shorter than ifinfomsg", len(m.Data))
+	}
+	// RTNLGRP_LINK also carries AF_BRIDGE messages about bridge ports; a
+	// port leaving its bridge is an AF_BRIDGE RTM_DELLINK of a link that
+	// still exists. Only AF_UNSPEC messages describe links.
+	if m.Data[0] != unix.AF_UNSPEC {
+		return nil
+	}
+	hdr := unix.NlMsghdr{Len: m.Header.Len, Type: m.Header.Type, Flags: m.Header.Flags, Seq: m.Header.Seq, Pid: m.Header.Pid}
+	nlk, err := netlink.LinkDeserialize(&hdr, m.Data)
+	if err != nil {
+		return err
+	}
+	msg.link = linkFromNetlink(nlk)
+	msg.keep = true
+	return nil
+}
+
+// decodeAddr reads an ifaddrmsg the way the library's parseAddr does: the
+// address is IFA_LOCAL when present (IFA_ADDRESS is then the peer of a
+// point-to-point link, unless it is the same IPv4 address), else
+// IFA_ADDRESS; IFA_FLAGS, when present, holds all the flags.
+func decodeAddr(b []byte, msg *message) error {
+	if len(b) < unix.SizeofIfAddrmsg {
+		return fmt.Errorf("%d bytes, shorter than ifaddrmsg", len(b))
+	}
+	h := *nl.DeserializeIfAddrmsg(b) // a copy: the buffer is reused
+	if h.Family != unix.AF_INET && h.Family != unix.AF_INET6 {
+		return nil
+	}
+	attrs, err := nl.ParseRouteAttr(b[unix.SizeofIfAddrmsg:])
+	if err != nil {
+		return err
+	}
+	var local, address []byte
+	flags := int(h.Flags)
+	for _, a := range attrs {
+		switch a.Attr.Type {
+		case unix.IFA_ADDRESS:
+			address = a.Value
+		case unix.IFA_LOCAL:
+			local = a.Value
+		case unix.IFA_FLAGS:
+			if len(a.Value) < 4 {
+				return fmt.Errorf("IFA_FLAGS of %d bytes", len(a.Value))
+			}
+			flags = int(nl.NativeEndian().Uint32(a.Value))
+		}
+	}
+	ip, bits := address, int(h.Prefixlen)
+	if local != nil && (h.Family != unix.AF_INET || !slices.Equal(local, address)) {
+		ip, bits = local, 8*len(local)
+	}
+	if ip == nil {
+		return errors.New("no IFA_ADDRESS or IFA_LOCAL")
+	}
+	p, err := prefixFrom(int(h.Family), ip, bits)
+	if err != nil {
+		return err
+	}
+	msg.addrIndex = int(h.Index)
+	msg.addr = view.Addr{Prefix: p, Scope: int(h.Scope), Flags: flags}
+	msg.keep = true
+	return nil
+}
+
+// decodeRoute reads an rtmsg: the fixed header and the attributes the view
+// keeps (RTA_DST, RTA_GATEWAY, RTA_PREFSRC, RTA_OIF, RTA_PRIORITY,
+// RTA_TABLE, RTAX_MTU in RTA_METRICS, and whether RTA_MULTIPATH is there).
+// Encapsulations, multipath nexthops and the rest are not decoded.
+func decodeRoute(b []byte, msg *message) error {
+	if len(b) < unix.SizeofRtMsg {
+		return fmt.Errorf("%d bytes, shorter than rtmsg", len(b))
+	}
+	h := *nl.DeserializeRtMsg(b) // a copy: the buffer is reused
+	family := int(h.Family)
+	if family != view.FamilyV4 && family != view.FamilyV6 {
+		return nil
+	}
+	if h.Flags&unix.RTM_F_CLONED != 0 {
+		return nil
+	}
+	attrs, err := nl.ParseRouteAttr(b[unix.SizeofRtMsg:])
+	if err != nil {
+		return err
+	}
+	r := view.Route{
+		Family:   family,
+		Table:    int(h.Table),
+		Protocol: int(h.Protocol),
+		Scope:    int(h.Scope),
+		Type:     int(h.Type),
+		Flags:    int(h.Flags),
+	}
+	u32 := func(a syscall.NetlinkRouteAttr, name string) (int, error) {
+		if len(a.Value) < 4 {
+			return 0, fmt.Errorf("%s of %d bytes", name, len(a.Value))
+		}
+		return int(nl.NativeEndian().Uint32(a.Value)), nil
+	}
+	var dst []byte
+	for _, a := range attrs {
+		switch a.Attr.Type {
+		case unix.RTA_DST:
+			dst = a.Value
+		case unix.RTA_GATEWAY:
+			if r.Gateway, err = addrFrom(family, a.Value); err != nil {
+				return fmt.Errorf("RTA_GATEWAY: %w", err)
+			}
+		case unix.RTA_PREFSRC:
+			if r.Src, err = addrFrom(family, a.Value); err != nil {
+				return fmt.Errorf("RTA_PREFSRC: %w", err)
+			}
+		case unix.RTA_OIF:
+			if r.LinkIndex, err = u32(a, "RTA_OIF"); err != nil {
+				return err
+			}
+		case unix.RTA_PRIORITY:
+			if r.Priority, err = u32(a, "RTA_PRIORITY"); err != nil {
+				return err
+			}
+		case unix.RTA_TABLE:
+			if r.Table, err = u32(a, "RTA_TABLE"); err != nil {
+				return err
+			}
+		case unix.RTA_MULTIPATH:
+			msg.multipath = true
+		case unix.RTA_METRICS:
+			metrics, err := nl.ParseRouteAttr(a.Value)
+			if err != nil {
+				return fmt.Errorf("RTA_METRICS: %w", err)
+			}
+			for _, mt := range metrics {
+				if mt.Attr.Type == unix.RTAX_MTU {
+					if r.MTU, err = u32(mt, "RTAX_MTU"); err != nil {
+						return err
+					}
+				}
+			}
+		}
+	}
+	if dst != nil {
+		if r.Dst, err = prefixFrom(family, dst, int(h.Dst_len)); err != nil {
+			return fmt.Errorf("RTA_DST: %w", err)
+		}
+	} else {
+		// A route without RTA_DST is a default route.
+		r.Dst = netip.PrefixFrom(unspecified(family), 0)
+	}
+	msg.route = r
+	msg.key = routeKey{
+		family: family, table: r.Table, tos: int(h.Tos), priority: r.Priority,
+		linkIndex: r.LinkIndex, typ: r.Type, dst: r.Dst, gw: r.Gateway,
+	}
+	msg.keep = true
+	return nil
+}
+
+func unspecified(family int) netip.Addr {
+	if family == view.FamilyV4 {
+		return netip.IPv4Unspecified()
+	}
+	return netip.IPv6Unspecified()
+}
+
+// addrFrom converts an address attribute of family (4 or 16 bytes).
+func addrFrom(family int, b []byte) (netip.Addr, error) {
+	switch {
+	case family == view.FamilyV4 && len(b) == net.IPv4len:
+		return netip.AddrFrom4([4]byte(b)), nil
+	case family == view.FamilyV6 && len(b) == net.IPv6len:
+		return netip.AddrFrom16([16]byte(b)), nil
+	}
+	return netip.Addr{}, fmt.Errorf("%d-byte address in family %d", len(b), family)
+}
+
+// prefixFrom converts an address attribute and its prefix length.
+func prefixFrom(family int, b []byte, bits int) (netip.Prefix, error) {
+	a, err := addrFrom(family, b)
+	if err != nil {
+		return netip.Prefix{}, err
+	}
+	p := netip.PrefixFrom(a, bits)
+	if !p.IsValid() {
+		return netip.Prefix{}, fmt.Errorf("prefix length %d for %s", bits, a)
+	}
+	return p, nil
+}
+
+// operStates names IF_OPER_* (RFC 2863) as iproute2 prints them, lowercased.
+var operStates = [...]string{"unknown", "notpresent", "down", "lowerlayerdown", "testing", "dormant", "up"}
+
+// linkFromNetlink converts what the library decoded. Nothing in the result
+// aliases the library's value (whose byte slices may alias the receive
+// buffer).
+func linkFromNetlink(nlk netlink.Link) *view.Link {
+	a := nlk.Attrs()
+	op := "unknown"
+	if int(a.OperState) < len(operStates) {
+		op = operStates[a.OperState]
+	}
+	var mac net.HardwareAddr
+	if len(a.HardwareAddr) > 0 {
+		mac = slices.Clone(a.HardwareAddr)
+	}
+	return &view.Link{
+		Index:       a.Index,
+		Name:        a.Name,
+		Kind:        nlk.Type(),
+		MAC:         mac,
+		MTU:         a.MTU,
+		RawFlags:    a.RawFlags,
+		OperState:   op,
+		ParentIndex: a.ParentIndex,
+		LinkNetNSID: a.NetNsID, // the library sets -1 when IFLA_LINK_NETNSID is absent
+		MasterIndex: a.MasterIndex,
+	}
+}
