@@ -104,8 +104,8 @@ func (e *decodeError) Unwrap() []error { return []error{errUndecodable, e.err} }
 
 // decode decodes one link, address or route message. Links go through the
 // netlink library's LinkDeserialize. Addresses and routes are read here
-// from the library's exported header decoders and attribute splitter
-// (nl.DeserializeIfAddrmsg, nl.DeserializeRtMsg, nl.ParseRouteAttr),
+// from the library's exported header decoders (nl.DeserializeIfAddrmsg,
+// nl.DeserializeRtMsg) and this file's attribute splitter (parseAttrs),
 // taking only the attributes the view keeps: the library's own decoders
 // for them are not exported, and they fail on attributes the view never
 // needs (an IPv6 seg6 encapsulation with an HMAC: its segment list is not a
@@ -168,7 +168,7 @@ func decodeAddr(b []byte, msg *message) error {
 	if h.Family != unix.AF_INET && h.Family != unix.AF_INET6 {
 		return nil
 	}
-	attrs, err := nl.ParseRouteAttr(b[unix.SizeofIfAddrmsg:])
+	attrs, err := parseAttrs(b[unix.SizeofIfAddrmsg:])
 	if err != nil {
 		return err
 	}
@@ -220,7 +220,7 @@ func decodeRoute(b []byte, msg *message) error {
 	if h.Flags&unix.RTM_F_CLONED != 0 {
 		return nil
 	}
-	attrs, err := nl.ParseRouteAttr(b[unix.SizeofRtMsg:])
+	attrs, err := parseAttrs(b[unix.SizeofRtMsg:])
 	if err != nil {
 		return err
 	}
@@ -266,7 +266,7 @@ func decodeRoute(b []byte, msg *message) error {
 		case unix.RTA_MULTIPATH:
 			msg.multipath = true
 		case unix.RTA_METRICS:
-			metrics, err := nl.ParseRouteAttr(a.Value)
+			metrics, err := parseAttrs(a.Value)
 			if err != nil {
 				return fmt.Errorf("RTA_METRICS: %w", err)
 			}
@@ -295,6 +295,32 @@ func decodeRoute(b []byte, msg *message) error {
 	msg.keep = true
 	return nil
 }
+
+// parseAttrs splits a run of rtattrs the way the kernel's nla_ok and
+// nla_next walk them: each at least its header and within the bytes left,
+// the next one at the 4-byte aligned end of the previous, fewer than a
+// header's bytes at the end ignored. The netlink library's
+// nl.ParseRouteAttr does the same but slices past the end (a panic) when
+// the last attribute's length is not a multiple of 4 and the padding is
+// missing.
+func parseAttrs(b []byte) ([]syscall.NetlinkRouteAttr, error) {
+	var attrs []syscall.NetlinkRouteAttr
+	for len(b) >= unix.SizeofRtAttr {
+		n := int(nl.NativeEndian().Uint16(b))
+		if n < unix.SizeofRtAttr || n > len(b) {
+			return nil, fmt.Errorf("attribute of %d bytes with %d bytes left", n, len(b))
+		}
+		attrs = append(attrs, syscall.NetlinkRouteAttr{
+			Attr:  syscall.RtAttr{Len: uint16(n), Type: nl.NativeEndian().Uint16(b[2:])},
+			Value: b[unix.SizeofRtAttr:n],
+		})
+		b = b[min(rtaAlign(n), len(b)):]
+	}
+	return attrs, nil
+}
+
+// rtaAlign rounds n up to the 4-byte alignment of rtattrs (RTA_ALIGN).
+func rtaAlign(n int) int { return (n + unix.RTA_ALIGNTO - 1) &^ (unix.RTA_ALIGNTO - 1) }
 
 func unspecified(family int) netip.Addr {
 	if family == view.FamilyV4 {

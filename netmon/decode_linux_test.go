@@ -168,6 +168,10 @@ func TestDecodeInjected(t *testing.T) {
 	binary.NativeEndian.PutUint16(badAttr.Data[unix.SizeofRtMsg:], 0xfff0) // RTA_DST's length past the end
 	v6dst := routeBytes(unix.RTM_NEWROUTE, 0, view.FamilyV4, "", 2, "", 0, attr(unix.RTA_DST, net.ParseIP("fd00::1").To16()))
 	oif := routeBytes(unix.RTM_NEWROUTE, 0, view.FamilyV4, "10.0.0.0/8", 0, "", 0, attr(unix.RTA_OIF, []byte{1}))
+	// RTA_OIF of 3 bytes as the last attribute, without its padding:
+	// nl.ParseRouteAttr panics slicing past the end.
+	unpadded := routeBytes(unix.RTM_NEWROUTE, 0, view.FamilyV4, "10.0.0.0/8", 0, "", 0, attr(unix.RTA_OIF, []byte{1, 2, 3}))
+	unpadded.Data = unpadded.Data[:len(unpadded.Data)-1]
 	addrShort := addrBytes(view.FamilyV4, "10.1.2.3/24", "", 4)
 	addrShort.Data = addrShort.Data[:3]
 	for _, tc := range []struct {
@@ -179,6 +183,7 @@ func TestDecodeInjected(t *testing.T) {
 		{"route attribute longer than the message", badAttr, false},
 		{"IPv6 destination in an IPv4 route", v6dst, false},
 		{"RTA_OIF of one byte", oif, false},
+		{"last attribute without its padding", unpadded, false},
 		{"address shorter than ifaddrmsg", addrShort, false},
 		// The library's LinkDeserialize slices IFLA_INFO_KIND's value
 		// [:len-1]: an empty one panics inside it.
