@@ -45,9 +45,12 @@ type message struct {
 	addrIndex int       // kindAddress: the link's ifindex
 	addr      view.Addr // kindAddress
 
-	route     view.Route // kindRoute
-	key       routeKey   // kindRoute
-	multipath bool       // kindRoute: RTA_MULTIPATH (LinkIndex is 0)
+	route view.Route // kindRoute
+	key   routeKey   // kindRoute
+	// multipath: the route came with RTA_MULTIPATH (kindRoute). Only its
+	// first next hop is in the route and its key (LinkIndex, Gateway, Via),
+	// so the state re-lists routes when another hop's link goes.
+	multipath bool
 }
 
 // kindOf names the kind of an rtnetlink message type, "" for others.
@@ -204,10 +207,13 @@ func decodeAddr(b []byte, msg *message) error {
 	return nil
 }
 
-// decodeRoute reads an rtmsg: the fixed header and the attributes the view
-// keeps (RTA_DST, RTA_GATEWAY, RTA_PREFSRC, RTA_OIF, RTA_PRIORITY,
-// RTA_TABLE, RTAX_MTU in RTA_METRICS, and whether RTA_MULTIPATH is there).
-// Encapsulations, multipath nexthops and the rest are not decoded.
+// decodeRoute reads an rtmsg: the fixed header (rtm_flags: RTNH_F_ONLINK,
+// LINKDOWN, DEAD, ... of a route with one next hop) and the attributes the
+// view keeps: RTA_DST, RTA_SRC with rtm_src_len (a source-specific route),
+// RTA_GATEWAY, RTA_VIA (a gateway of the other family), RTA_PREFSRC,
+// RTA_OIF, RTA_PRIORITY, RTA_TABLE, RTA_NH_ID, RTAX_MTU in RTA_METRICS,
+// and the next hops of RTA_MULTIPATH (see decodeMultipath).
+// Encapsulations and the rest are not decoded.
 func decodeRoute(b []byte, msg *message) error {
 	if len(b) < unix.SizeofRtMsg {
 		return fmt.Errorf("%d bytes, shorter than rtmsg", len(b))
@@ -238,14 +244,24 @@ func decodeRoute(b []byte, msg *message) error {
 		}
 		return int(nl.NativeEndian().Uint32(a.Value)), nil
 	}
-	var dst []byte
+	var dst, src []byte
 	for _, a := range attrs {
 		switch a.Attr.Type {
 		case unix.RTA_DST:
 			dst = a.Value
+		case unix.RTA_SRC:
+			src = a.Value
 		case unix.RTA_GATEWAY:
 			if r.Gateway, err = addrFrom(family, a.Value); err != nil {
 				return fmt.Errorf("RTA_GATEWAY: %w", err)
+			}
+		case unix.RTA_VIA:
+			if err := setVia(&r, a.Value); err != nil {
+				return err
+			}
+		case rtaNHID:
+			if r.NHID, err = u32(a, "RTA_NH_ID"); err != nil {
+				return err
 			}
 		case unix.RTA_PREFSRC:
 			if r.Src, err = addrFrom(family, a.Value); err != nil {
@@ -264,6 +280,9 @@ func decodeRoute(b []byte, msg *message) error {
 				return err
 			}
 		case unix.RTA_MULTIPATH:
+			if err := decodeMultipath(&r, a.Value); err != nil {
+				return err
+			}
 			msg.multipath = true
 		case unix.RTA_METRICS:
 			metrics, err := parseAttrs(a.Value)
@@ -287,10 +306,21 @@ func decodeRoute(b []byte, msg *message) error {
 		// A route without RTA_DST is a default route.
 		r.Dst = netip.PrefixFrom(unspecified(family), 0)
 	}
+	switch {
+	case src != nil && h.Src_len > 0:
+		if r.SrcPrefix, err = prefixFrom(family, src, int(h.Src_len)); err != nil {
+			return fmt.Errorf("RTA_SRC: %w", err)
+		}
+	case h.Src_len > 0:
+		// The kernel sends RTA_SRC whenever rtm_src_len is set; without
+		// it the route's meaning is unknown.
+		return fmt.Errorf("rtm_src_len %d without RTA_SRC", h.Src_len)
+	}
 	msg.route = r
 	msg.key = routeKey{
 		family: family, table: r.Table, tos: int(h.Tos), priority: r.Priority,
-		linkIndex: r.LinkIndex, typ: r.Type, dst: r.Dst, gw: r.Gateway,
+		linkIndex: r.LinkIndex, typ: r.Type, dst: r.Dst, src: r.SrcPrefix,
+		gw: r.Gateway, via: r.Via, nhid: r.NHID,
 	}
 	msg.keep = true
 	return nil
@@ -321,6 +351,93 @@ func parseAttrs(b []byte) ([]syscall.NetlinkRouteAttr, error) {
 
 // rtaAlign rounds n up to the 4-byte alignment of rtattrs (RTA_ALIGN).
 func rtaAlign(n int) int { return (n + unix.RTA_ALIGNTO - 1) &^ (unix.RTA_ALIGNTO - 1) }
+
+// setVia reads RTA_VIA (struct rtvia: a u16 address family, then the
+// address) into r. The kernel sends it for a gateway of the other family
+// than the route's (an IPv4 route via inet6 fe80::1: fib_nexthop_info);
+// one of the route's own family is its Gateway.
+func setVia(r *view.Route, b []byte) error {
+	if len(b) < 2 {
+		return fmt.Errorf("RTA_VIA of %d bytes", len(b))
+	}
+	family := int(nl.NativeEndian().Uint16(b))
+	gw, err := addrFrom(family, b[2:])
+	if err != nil {
+		return fmt.Errorf("RTA_VIA: %w", err)
+	}
+	if family == r.Family {
+		r.Gateway = gw
+	} else {
+		r.Via = gw
+	}
+	return nil
+}
+
+// rtaNHID is RTA_NH_ID (include/uapi/linux/rtnetlink.h, Linux 5.3), which
+// golang.org/x/sys/unix does not define.
+const rtaNHID = 30
+
+// rtnexthopLen is sizeof(struct rtnexthop): rtnh_len (u16), rtnh_flags
+// (u8), rtnh_hops (u8), rtnh_ifindex (s32).
+const rtnexthopLen = 8
+
+// decodeMultipath reads RTA_MULTIPATH, a run of struct rtnexthop each
+// followed by its own attributes (RTA_GATEWAY, RTA_VIA, ...) up to
+// rtnh_len, aligned to 4 bytes. r.Hops is the number of next hops. The
+// first one's ifindex, gateway (or via) go in the route's plain fields;
+// with exactly one, its flags too (RTNH_F_* of a multipath route are per
+// next hop, not in rtm_flags), so a one-hop multipath route (an IPv6 route
+// through a nexthop group of one) reads as the plain route it is. Several
+// hops are left to the matcher, which refuses them (Hops > 1).
+func decodeMultipath(r *view.Route, b []byte) error {
+	var first struct {
+		flags, index int
+		gw, via      netip.Addr
+	}
+	hops := 0
+	for len(b) > 0 {
+		if len(b) < rtnexthopLen {
+			return fmt.Errorf("RTA_MULTIPATH: %d bytes left, shorter than rtnexthop", len(b))
+		}
+		n := int(nl.NativeEndian().Uint16(b))
+		if n < rtnexthopLen || n > len(b) {
+			return fmt.Errorf("RTA_MULTIPATH: rtnh_len %d with %d bytes left", n, len(b))
+		}
+		hop := view.Route{Family: r.Family}
+		attrs, err := parseAttrs(b[rtnexthopLen:n])
+		if err != nil {
+			return fmt.Errorf("RTA_MULTIPATH next hop %d: %w", hops+1, err)
+		}
+		for _, a := range attrs {
+			switch a.Attr.Type {
+			case unix.RTA_GATEWAY:
+				if hop.Gateway, err = addrFrom(r.Family, a.Value); err != nil {
+					return fmt.Errorf("RTA_MULTIPATH next hop %d: RTA_GATEWAY: %w", hops+1, err)
+				}
+			case unix.RTA_VIA:
+				if err := setVia(&hop, a.Value); err != nil {
+					return fmt.Errorf("RTA_MULTIPATH next hop %d: %w", hops+1, err)
+				}
+			}
+		}
+		if hops == 0 {
+			first.flags = int(b[2])
+			first.index = int(int32(nl.NativeEndian().Uint32(b[4:8])))
+			first.gw, first.via = hop.Gateway, hop.Via
+		}
+		hops++
+		b = b[min(rtaAlign(n), len(b)):] // RTNH_ALIGN
+	}
+	if hops == 0 {
+		return errors.New("RTA_MULTIPATH without a next hop")
+	}
+	r.Hops = hops
+	r.LinkIndex, r.Gateway, r.Via = first.index, first.gw, first.via
+	if hops == 1 {
+		r.Flags |= first.flags
+	}
+	return nil
+}
 
 func unspecified(family int) netip.Addr {
 	if family == view.FamilyV4 {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"slices"
 	"syscall"
 	"testing"
 
@@ -66,6 +67,39 @@ func routeBytes(typ uint16, rtflags uint32, family int, dst string, idx int, gw 
 		attrs = append(attrs, e...)
 	}
 	return rawMsg(typ, 0, append(h.Serialize(), attrs...))
+}
+
+// srcLen sets rtm_src_len of a route message built by routeBytes (RTA_SRC
+// goes in extra).
+func srcLen(m *syscall.NetlinkMessage, n uint8) *syscall.NetlinkMessage {
+	m.Data[2] = n // rtm_family, rtm_dst_len, rtm_src_len, ...
+	return m
+}
+
+// via is an RTA_VIA (struct rtvia: a u16 family, then the address).
+func via(family int, ip string) []byte {
+	return attr(unix.RTA_VIA, append(binary.NativeEndian.AppendUint16(nil, uint16(family)), ipBytes(family, ip)...))
+}
+
+// rtnh is one struct rtnexthop of an RTA_MULTIPATH, with its attributes.
+func rtnh(flags uint8, ifindex int, attrs ...[]byte) []byte {
+	var body []byte
+	for _, a := range attrs {
+		body = append(body, a...)
+	}
+	b := binary.NativeEndian.AppendUint16(nil, uint16(rtnexthopLen+len(body)))
+	b = append(b, flags, 0)
+	b = binary.NativeEndian.AppendUint32(b, uint32(ifindex))
+	return append(b, body...)
+}
+
+// multipath is an RTA_MULTIPATH of hops (each from rtnh).
+func multipath(hops ...[]byte) []byte {
+	var b []byte
+	for _, h := range hops {
+		b = append(b, h...)
+	}
+	return attr(unix.RTA_MULTIPATH, b)
 }
 
 // addrBytes is an RTM_NEWADDR of cidr on ifindex idx, with IFA_LOCAL
@@ -158,6 +192,80 @@ func TestDecode(t *testing.T) {
 	})
 }
 
+// TestDecodeRouteShapes: each route shape the view tells apart, as the
+// kernel sends it (fib_dump_info for IPv4, rt6_fill_node for IPv6).
+func TestDecodeRouteShapes(t *testing.T) {
+	v4, v6 := view.FamilyV4, view.FamilyV6
+	addr := netip.MustParseAddr
+	pfx := netip.MustParsePrefix
+	base := func(family int, dst string) view.Route {
+		return view.Route{Family: family, Dst: pfx(dst), Table: view.TableMain, Protocol: unix.RTPROT_BOOT, Type: view.RouteUnicast}
+	}
+	with := func(r view.Route, f func(*view.Route)) view.Route { f(&r); return r }
+	for _, tc := range []struct {
+		name      string
+		msg       *syscall.NetlinkMessage
+		want      view.Route
+		multipath bool
+	}{
+		{"gateway and metric", routeBytes(unix.RTM_NEWROUTE, 0, v4, "", 2, "10.0.0.1", 100),
+			with(base(v4, "0.0.0.0/0"), func(r *view.Route) { r.LinkIndex, r.Gateway, r.Priority = 2, addr("10.0.0.1"), 100 }), false},
+		{"IPv4 via inet6 (RTA_VIA)", routeBytes(unix.RTM_NEWROUTE, 0, v4, "10.1.0.0/16", 2, "", 0, via(v6, "fe80::1")),
+			with(base(v4, "10.1.0.0/16"), func(r *view.Route) { r.LinkIndex, r.Via = 2, addr("fe80::1") }), false},
+		{"RTA_VIA of the route's own family is its gateway", routeBytes(unix.RTM_NEWROUTE, 0, v4, "10.1.0.0/16", 2, "", 0, via(v4, "10.0.0.1")),
+			with(base(v4, "10.1.0.0/16"), func(r *view.Route) { r.LinkIndex, r.Gateway = 2, addr("10.0.0.1") }), false},
+		{"IPv6 source-specific default", srcLen(routeBytes(unix.RTM_NEWROUTE, 0, v6, "", 3, "fe80::1", 1024,
+			attr(unix.RTA_SRC, ipBytes(v6, "2001:db8::"))), 64),
+			with(base(v6, "::/0"), func(r *view.Route) {
+				r.LinkIndex, r.Gateway, r.Priority, r.SrcPrefix = 3, addr("fe80::1"), 1024, pfx("2001:db8::/64")
+			}), false},
+		{"nexthop object, compat mode", routeBytes(unix.RTM_NEWROUTE, 0, v4, "10.3.0.0/16", 2, "10.0.0.1", 0, attr(rtaNHID, u32(77))),
+			with(base(v4, "10.3.0.0/16"), func(r *view.Route) { r.LinkIndex, r.Gateway, r.NHID = 2, addr("10.0.0.1"), 77 }), false},
+		{"nexthop object, no compat", routeBytes(unix.RTM_NEWROUTE, 0, v4, "10.3.0.0/16", 0, "", 0, attr(rtaNHID, u32(77))),
+			with(base(v4, "10.3.0.0/16"), func(r *view.Route) { r.NHID = 77 }), false},
+		{"onlink, linkdown, dead in rtm_flags", routeBytes(unix.RTM_NEWROUTE, unix.RTNH_F_ONLINK|unix.RTNH_F_LINKDOWN|unix.RTNH_F_DEAD, v4, "10.4.0.0/16", 2, "203.0.113.1", 0),
+			with(base(v4, "10.4.0.0/16"), func(r *view.Route) {
+				r.LinkIndex, r.Gateway, r.Flags = 2, addr("203.0.113.1"), unix.RTNH_F_ONLINK|unix.RTNH_F_LINKDOWN|unix.RTNH_F_DEAD
+			}), false},
+		{"two-hop multipath: the first hop's device and gateway", routeBytes(unix.RTM_NEWROUTE, 0, v4, "10.2.0.0/16", 0, "", 0,
+			multipath(rtnh(unix.RTNH_F_LINKDOWN, 2, attr(unix.RTA_GATEWAY, ipBytes(v4, "192.0.2.1"))),
+				rtnh(0, 3, attr(unix.RTA_GATEWAY, ipBytes(v4, "198.51.100.1"))))),
+			with(base(v4, "10.2.0.0/16"), func(r *view.Route) { r.LinkIndex, r.Gateway, r.Hops = 2, addr("192.0.2.1"), 2 }), true},
+		{"two-hop IPv4 multipath via inet6", routeBytes(unix.RTM_NEWROUTE, 0, v4, "10.2.0.0/16", 0, "", 0,
+			multipath(rtnh(0, 2, via(v6, "fe80::1")), rtnh(0, 3, via(v6, "fe80::2")))),
+			with(base(v4, "10.2.0.0/16"), func(r *view.Route) { r.LinkIndex, r.Via, r.Hops = 2, addr("fe80::1"), 2 }), true},
+		{"one-hop multipath is the plain route, its flags too", routeBytes(unix.RTM_NEWROUTE, 0, v6, "2001:db8:7::/48", 0, "", 1024,
+			attr(rtaNHID, u32(82)), multipath(rtnh(unix.RTNH_F_ONLINK|unix.RTNH_F_LINKDOWN, 4, attr(unix.RTA_GATEWAY, ipBytes(v6, "fe80::1"))))),
+			with(base(v6, "2001:db8:7::/48"), func(r *view.Route) {
+				r.LinkIndex, r.Gateway, r.Priority, r.NHID, r.Hops = 4, addr("fe80::1"), 1024, 82, 1
+				r.Flags = unix.RTNH_F_ONLINK | unix.RTNH_F_LINKDOWN
+			}), true},
+		{"one-hop IPv4 multipath via inet6", routeBytes(unix.RTM_NEWROUTE, 0, v4, "10.9.0.0/16", 0, "", 0,
+			multipath(rtnh(0, 5, via(v6, "fe80::9")))),
+			with(base(v4, "10.9.0.0/16"), func(r *view.Route) { r.LinkIndex, r.Via, r.Hops = 5, addr("fe80::9"), 1 }), true},
+		{"one-hop multipath without a gateway", routeBytes(unix.RTM_NEWROUTE, 0, v4, "10.9.0.0/16", 0, "", 0, multipath(rtnh(0, 5))),
+			with(base(v4, "10.9.0.0/16"), func(r *view.Route) { r.LinkIndex, r.Hops = 5, 1 }), true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m := mustDecode(t, tc.msg)
+			if !m.keep || m.kind != kindRoute {
+				t.Fatalf("not kept (%+v)", m)
+			}
+			if m.route != tc.want {
+				t.Errorf("route\n got %+v\nwant %+v", m.route, tc.want)
+			}
+			if m.multipath != tc.multipath {
+				t.Errorf("multipath = %v, want %v", m.multipath, tc.multipath)
+			}
+			k := m.key
+			if k.linkIndex != tc.want.LinkIndex || k.gw != tc.want.Gateway || k.via != tc.want.Via ||
+				k.nhid != tc.want.NHID || k.src != tc.want.SrcPrefix || k.priority != tc.want.Priority {
+				t.Errorf("key %+v does not match the route", k)
+			}
+		})
+	}
+}
+
 // TestDecodeInjected: bytes no decoder can make sense of, injected through
 // the same path as the socket's messages. Each is refused with
 // errUndecodable (and a stack when decoding panicked), never a panic.
@@ -174,6 +282,15 @@ func TestDecodeInjected(t *testing.T) {
 	unpadded.Data = unpadded.Data[:len(unpadded.Data)-1]
 	addrShort := addrBytes(view.FamilyV4, "10.1.2.3/24", "", 4)
 	addrShort.Data = addrShort.Data[:3]
+	mp := func(b []byte) *syscall.NetlinkMessage {
+		return routeBytes(unix.RTM_NEWROUTE, 0, view.FamilyV4, "10.2.0.0/16", 0, "", 0, attr(unix.RTA_MULTIPATH, b))
+	}
+	hop := rtnh(0, 2, attr(unix.RTA_GATEWAY, ipBytes(view.FamilyV4, "192.0.2.1")))
+	longHop := slices.Clone(hop)
+	binary.NativeEndian.PutUint16(longHop, uint16(len(hop)+8))
+	shortHop := slices.Clone(hop)
+	binary.NativeEndian.PutUint16(shortHop, 4)
+	v4 := view.FamilyV4
 	for _, tc := range []struct {
 		name  string
 		msg   *syscall.NetlinkMessage
@@ -185,6 +302,23 @@ func TestDecodeInjected(t *testing.T) {
 		{"RTA_OIF of one byte", oif, false},
 		{"last attribute without its padding", unpadded, false},
 		{"address shorter than ifaddrmsg", addrShort, false},
+		{"RTA_VIA of one byte", routeBytes(unix.RTM_NEWROUTE, 0, v4, "10.1.0.0/16", 2, "", 0, attr(unix.RTA_VIA, []byte{10})), false},
+		{"RTA_VIA inet6 with 4 bytes", routeBytes(unix.RTM_NEWROUTE, 0, v4, "10.1.0.0/16", 2, "", 0,
+			attr(unix.RTA_VIA, append(binary.NativeEndian.AppendUint16(nil, unix.AF_INET6), 1, 2, 3, 4))), false},
+		{"RTA_VIA of an unknown family", routeBytes(unix.RTM_NEWROUTE, 0, v4, "10.1.0.0/16", 2, "", 0,
+			attr(unix.RTA_VIA, append(binary.NativeEndian.AppendUint16(nil, unix.AF_PACKET), 1, 2, 3, 4, 5, 6))), false},
+		{"RTA_NH_ID of two bytes", routeBytes(unix.RTM_NEWROUTE, 0, v4, "10.3.0.0/16", 2, "", 0, attr(rtaNHID, []byte{1, 0})), false},
+		{"rtm_src_len without RTA_SRC", srcLen(routeBytes(unix.RTM_NEWROUTE, 0, view.FamilyV6, "", 2, "fe80::1", 0), 64), false},
+		{"RTA_SRC of 4 bytes in an IPv6 route", srcLen(routeBytes(unix.RTM_NEWROUTE, 0, view.FamilyV6, "", 2, "fe80::1", 0,
+			attr(unix.RTA_SRC, []byte{1, 2, 3, 4})), 64), false},
+		{"rtm_src_len past the address", srcLen(routeBytes(unix.RTM_NEWROUTE, 0, view.FamilyV6, "", 2, "fe80::1", 0,
+			attr(unix.RTA_SRC, ipBytes(view.FamilyV6, "2001:db8::"))), 129), false},
+		{"empty RTA_MULTIPATH", mp(nil), false},
+		{"RTA_MULTIPATH shorter than rtnexthop", mp([]byte{8, 0, 0, 0}), false},
+		{"rtnh_len past the attribute", mp(longHop), false},
+		{"rtnh_len shorter than rtnexthop", mp(shortHop), false},
+		{"bytes after the last next hop", mp(append(slices.Clone(hop), 1, 2, 3, 4)), false},
+		{"next hop with an IPv6 RTA_GATEWAY in an IPv4 route", mp(rtnh(0, 2, attr(unix.RTA_GATEWAY, ipBytes(view.FamilyV6, "fe80::1")))), false},
 		// The library's LinkDeserialize slices IFLA_INFO_KIND's value
 		// [:len-1]: an empty one panics inside it.
 		{"link kind of zero bytes", linkBytes(7, "x", nil), true},
@@ -209,6 +343,10 @@ func FuzzDecode(f *testing.F) {
 	for _, m := range []*syscall.NetlinkMessage{
 		routeBytes(unix.RTM_NEWROUTE, 0, view.FamilyV6, "fc00::/64", 3, "fe80::1", 1024, seg6Encap()),
 		routeBytes(unix.RTM_DELROUTE, 0, view.FamilyV4, "", 2, "10.0.0.1", 0),
+		routeBytes(unix.RTM_NEWROUTE, 0, view.FamilyV4, "10.1.0.0/16", 2, "", 0, via(view.FamilyV6, "fe80::1")),
+		srcLen(routeBytes(unix.RTM_NEWROUTE, 0, view.FamilyV6, "", 3, "fe80::1", 1024, attr(unix.RTA_SRC, ipBytes(view.FamilyV6, "2001:db8::"))), 64),
+		routeBytes(unix.RTM_NEWROUTE, 0, view.FamilyV4, "10.2.0.0/16", 0, "", 0, attr(rtaNHID, u32(79)),
+			multipath(rtnh(0, 2, attr(unix.RTA_GATEWAY, ipBytes(view.FamilyV4, "192.0.2.1"))), rtnh(unix.RTNH_F_DEAD, 3, via(view.FamilyV6, "fe80::2")))),
 		addrBytes(view.FamilyV4, "10.1.2.3/24", "10.1.2.3", 4),
 		addrBytes(view.FamilyV6, "fd00::1/64", "", 4),
 		linkBytes(7, "ifb7", []byte("ifb\x00")),
@@ -224,8 +362,18 @@ func FuzzDecode(f *testing.F) {
 				t.Fatalf("kept an invalid address %+v", own.addr)
 			}
 		case kindRoute:
-			if err := decodeRoute(data, &own); err == nil && own.keep && !own.route.Dst.IsValid() {
-				t.Fatalf("kept a route without a valid destination %+v", own.route)
+			if err := decodeRoute(data, &own); err == nil && own.keep {
+				r := own.route
+				switch {
+				case !r.Dst.IsValid():
+					t.Fatalf("kept a route without a valid destination %+v", r)
+				case r.Via.IsValid() && r.Via.Is4() == (r.Family == view.FamilyV4):
+					t.Fatalf("kept RTA_VIA %s of the route's own family (it is the gateway) %+v", r.Via, r)
+				case r.SrcPrefix.IsValid() && r.SrcPrefix.Addr().Is4() != (r.Family == view.FamilyV4):
+					t.Fatalf("kept a source prefix of the other family %+v", r)
+				case own.multipath != (r.Hops > 0):
+					t.Fatalf("RTA_MULTIPATH %v but Hops %d", own.multipath, r.Hops)
+				}
 			}
 		}
 		m := &syscall.NetlinkMessage{Header: syscall.NlMsghdr{Type: typ}, Data: data}

@@ -35,11 +35,12 @@
 //
 // # Where the kernel sends nothing
 //
-//   - Routes are keyed by (family, table, dst, tos, priority, oif, gateway,
-//     type): the kernel's identity (IPv4: table, dst, tos, priority; IPv6:
-//     table, dst, metric) plus what tells apart the routes it lets share one
-//     (appended IPv4 aliases, same-metric IPv6 routes on several devices,
-//     such as every link's fe80::/64). NLM_F_REPLACE, IPv6 NLM_F_APPEND,
+//   - Routes are keyed by (family, table, dst, src, tos, priority, oif,
+//     gateway or via, nexthop id, type): the kernel's identity (IPv4:
+//     table, dst, tos, priority; IPv6: table, dst, src, metric) plus what
+//     tells apart the routes it lets share one (appended IPv4 aliases,
+//     same-metric IPv6 routes on several devices, such as every link's
+//     fe80::/64). A multipath route is keyed by its first next hop. NLM_F_REPLACE, IPv6 NLM_F_APPEND,
 //     multipath routes and an RTM_DELROUTE for a route neither in the view
 //     nor just removed by a re-list make the loop re-list routes. All
 //     tables are kept; the matcher filters.

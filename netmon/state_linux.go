@@ -20,14 +20,17 @@ import (
 // appends (the kernel itself adds each address's prefix route with
 // NLM_F_APPEND, so two links in one subnet each have one) and IPv6 keeps
 // same-metric routes through different devices (every link's fe80::/64).
-// The key therefore adds the output device, gateway and type, which every
-// RTM_NEWROUTE / RTM_DELROUTE carries. What such a key cannot follow
+// The key therefore adds the output device, gateway (RTA_GATEWAY or
+// RTA_VIA), nexthop object and type, which every RTM_NEWROUTE /
+// RTM_DELROUTE carries, and the source prefix, which is part of an IPv6
+// route's identity (source-specific routes: two defaults from different
+// prefixes through one gateway are two routes). What such a key cannot follow
 // (NLM_F_REPLACE, IPv6 appends to ECMP groups, multipath routes, a delete of
 // a route we do not have) makes the loop re-list the routes instead.
 type routeKey struct {
-	family, table, tos, priority, linkIndex, typ int
-	dst                                          netip.Prefix
-	gw                                           netip.Addr
+	family, table, tos, priority, linkIndex, typ, nhid int
+	dst, src                                           netip.Prefix
+	gw, via                                            netip.Addr
 }
 
 func compareRouteKeys(a, b routeKey) int {
@@ -36,10 +39,14 @@ func compareRouteKeys(a, b routeKey) int {
 		cmp.Compare(a.table, b.table),
 		a.dst.Addr().Compare(b.dst.Addr()),
 		cmp.Compare(a.dst.Bits(), b.dst.Bits()),
+		a.src.Addr().Compare(b.src.Addr()),
+		cmp.Compare(a.src.Bits(), b.src.Bits()),
 		cmp.Compare(a.priority, b.priority),
 		cmp.Compare(a.tos, b.tos),
 		cmp.Compare(a.linkIndex, b.linkIndex),
 		a.gw.Compare(b.gw),
+		a.via.Compare(b.via),
+		cmp.Compare(a.nhid, b.nhid),
 		cmp.Compare(a.typ, b.typ),
 	)
 }

@@ -23,6 +23,14 @@ func route(t *testing.T, family int, dst string, idx int, gw string, prio int) m
 	return mustDecode(t, routeBytes(unix.RTM_NEWROUTE, 0, family, dst, idx, gw, prio))
 }
 
+// fromRoute decodes the RTM_NEWROUTE of `default from src/64 via fe80::1
+// dev 2 metric 1024`.
+func fromRoute(t *testing.T, src string) message {
+	t.Helper()
+	return mustDecode(t, srcLen(routeBytes(unix.RTM_NEWROUTE, 0, view.FamilyV6, "", 2, "fe80::1", 1024,
+		attr(unix.RTA_SRC, ipBytes(view.FamilyV6, src))), 64))
+}
+
 func TestRouteKeys(t *testing.T) {
 	for _, tc := range []struct {
 		name string
@@ -33,6 +41,14 @@ func TestRouteKeys(t *testing.T) {
 		{"same prefix, two metrics", route(t, view.FamilyV4, "10.0.0.0/8", 2, "", 10), route(t, view.FamilyV4, "10.0.0.0/8", 2, "", 20), false},
 		{"identical", route(t, view.FamilyV4, "10.0.0.0/8", 2, "10.1.0.1", 0), route(t, view.FamilyV4, "10.0.0.0/8", 2, "10.1.0.1", 0), true},
 		{"v4 default with and without RTA_DST", route(t, view.FamilyV4, "0.0.0.0/0", 2, "10.1.0.1", 0), route(t, view.FamilyV4, "", 2, "10.1.0.1", 0), true},
+		// IPv6 keys a route by its source prefix too (subtrees): two
+		// defaults from two prefixes through one gateway are two routes.
+		{"v6 defaults from two source prefixes", fromRoute(t, "2001:db8:1::"), fromRoute(t, "2001:db8:2::"), false},
+		{"v6 default from a prefix and from any", fromRoute(t, "2001:db8:1::"), route(t, view.FamilyV6, "", 2, "fe80::1", 1024), false},
+		{"v4 via two inet6 gateways", mustDecode(t, routeBytes(unix.RTM_NEWROUTE, 0, view.FamilyV4, "10.1.0.0/16", 2, "", 0, via(view.FamilyV6, "fe80::1"))),
+			mustDecode(t, routeBytes(unix.RTM_NEWROUTE, 0, view.FamilyV4, "10.1.0.0/16", 2, "", 0, via(view.FamilyV6, "fe80::2"))), false},
+		{"two nexthop objects", mustDecode(t, routeBytes(unix.RTM_NEWROUTE, 0, view.FamilyV4, "10.3.0.0/16", 2, "10.1.0.1", 0, attr(rtaNHID, u32(1)))),
+			mustDecode(t, routeBytes(unix.RTM_NEWROUTE, 0, view.FamilyV4, "10.3.0.0/16", 2, "10.1.0.1", 0, attr(rtaNHID, u32(2)))), false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if !tc.a.keep || !tc.b.keep {
