@@ -313,7 +313,11 @@ func Routes(s *view.Snapshot, nics map[int][]netip.Prefix) (keep []view.Route, s
 func inexpressible(r view.Route) string {
 	switch {
 	case r.NHID != 0:
-		return fmt.Sprintf("uses nexthop object %d, whose next hops are not in the route: the agent takes one gateway per route", r.NHID)
+		// With nexthop_compat_mode netmon has the object's next hop in
+		// the route too, but the object is the route's: `ip nexthop
+		// replace` moves every route using it at once, and a group is
+		// several next hops.
+		return fmt.Sprintf("uses nexthop object %d, whose next hops can change under the route: the agent has no nexthop objects and takes one gateway per route", r.NHID)
 	case r.Hops > 1:
 		return fmt.Sprintf("multipath route with %d next hops: the agent installs one next hop per destination, "+
 			"and one of them alone would carry all the traffic", r.Hops)
