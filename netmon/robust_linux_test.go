@@ -446,7 +446,14 @@ func TestIdleOneGoroutine(t *testing.T) {
 		t.Fatalf("the loop is not parked in serve:\n%s", stacks)
 	}
 	m.Close()
-	if n := runtime.NumGoroutine() - before; n != 0 {
-		t.Errorf("%d goroutines left after Close", n)
+	// Close returns once the loop has said it ended (its deferred
+	// wg.Done); the goroutine exits just after, so the count is polled
+	// until it is back, as goleak does, with a deadline.
+	for deadline := time.Now().Add(waitTimeout); runtime.NumGoroutine() != before; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			buf := make([]byte, 1<<20)
+			t.Errorf("%d goroutines left %v after Close:\n%s", runtime.NumGoroutine()-before, waitTimeout, buf[:runtime.Stack(buf, true)])
+			break
+		}
 	}
 }
