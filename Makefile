@@ -37,9 +37,13 @@ unit: vet
 demo: deps build
 	$(GO) run ./e2e/cmd/demo
 
-# Benchmarks of the monitor itself (latency, idle cost, event absorption).
+# Benchmarks of the monitor itself, against an in-memory sandbox: attach
+# latency (one iteration = one endpoint), idle cost, event absorption, and
+# 200 monitors beside a lone one. Reports, not timed tests.
 bench:
-	$(GO) test -p 1 -run '^$$' -bench . -benchtime 1x -count 1 ./e2e/bench/ ./e2e/load/
+	$(GO) test -p 1 -run '^$$' -bench AttachLatency -benchtime 200x -count 1 ./e2e/bench/
+	$(GO) test -p 1 -run '^$$' -bench 'Idle|UnrelatedEvents' -benchtime 1x -count 1 ./e2e/bench/
+	$(GO) test -p 1 -run '^$$' -bench Load -benchtime 1x -count 1 ./e2e/load/
 
 bench-guest: deps
 	$(GO) test -run '^$$' -bench Guest -benchtime 1x -count 1 -timeout 30m ./e2e/benchguest/

@@ -16,10 +16,12 @@ type State int
 
 const (
 	// Ignored links are never attached: lo, Kata's own links, taps, links of
-	// other kinds, and candidates whose peer facts fail.
+	// other kinds, and candidates whose peer facts are final and not those
+	// of an endpoint.
 	Ignored State = iota
 	// Pending links look like Docker endpoints on their way to ready (peer
-	// not tied yet, down, not running, no address yet).
+	// not tied yet, peer facts netmon still re-reads, down, not running, no
+	// address yet).
 	Pending
 	// Ready links are Docker endpoints fully configured: attach them.
 	Ready
@@ -93,8 +95,10 @@ func Classify(l *view.Link) Decision {
 }
 
 // peerProblem returns why l's peer (veth) or parent (macvlan) facts do not
-// make it a Docker endpoint, and whether that may still change (pending).
-// An empty reason means the facts hold.
+// make it a Docker endpoint, and whether that may still change (pending):
+// a peer not tied yet, or facts netmon still re-reads (view.Peer.Rechecking:
+// a failed read, a peer on no bridge yet). An empty reason means the facts
+// hold.
 func peerProblem(l *view.Link) (reason string, pending bool) {
 	p := l.Peer
 	if l.ParentIndex == 0 || p == nil || p.State == view.PeerUntied {
@@ -111,7 +115,7 @@ func peerProblem(l *view.Link) (reason string, pending bool) {
 		}
 		return fmt.Sprintf("peer netns id %d is not dockerd's", l.LinkNetNSID), false
 	case view.PeerError:
-		return "peer facts unreadable: " + p.Err, false
+		return "peer facts unreadable: " + p.Err, p.Rechecking
 	case view.PeerResolved:
 	default:
 		return fmt.Sprintf("peer state %v", p.State), false
@@ -129,6 +133,8 @@ func peerProblem(l *view.Link) (reason string, pending bool) {
 		return fmt.Sprintf("peer %q is a %s, not a veth", p.Name, p.Kind), false
 	case !p.PointsBack:
 		return fmt.Sprintf("peer %q does not point back at this link", p.Name), false
+	case p.MasterIndex == 0 && p.Rechecking:
+		return fmt.Sprintf("peer %q is on no bridge yet", p.Name), true
 	case p.MasterIndex == 0:
 		return fmt.Sprintf("peer %q is on no bridge", p.Name), false
 	case p.MasterKind != "bridge":
@@ -307,7 +313,11 @@ func Routes(s *view.Snapshot, nics map[int][]netip.Prefix) (keep []view.Route, s
 func inexpressible(r view.Route) string {
 	switch {
 	case r.NHID != 0:
-		return fmt.Sprintf("uses nexthop object %d, whose next hops are not in the route: the agent takes one gateway per route", r.NHID)
+		// With nexthop_compat_mode netmon has the object's next hop in
+		// the route too, but the object is the route's: `ip nexthop
+		// replace` moves every route using it at once, and a group is
+		// several next hops.
+		return fmt.Sprintf("uses nexthop object %d, whose next hops can change under the route: the agent has no nexthop objects and takes one gateway per route", r.NHID)
 	case r.Hops > 1:
 		return fmt.Sprintf("multipath route with %d next hops: the agent installs one next hop per destination, "+
 			"and one of them alone would carry all the traffic", r.Hops)

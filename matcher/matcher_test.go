@@ -144,7 +144,12 @@ func TestClassifyIgnored(t *testing.T) {
 		{"peer not found", with(readyVeth, func(l *view.Link) { l.Peer.Found = false }), matcher.Ignored, "not found"},
 		{"peer not a veth", with(readyVeth, func(l *view.Link) { l.Peer.Kind = "bridge" }), matcher.Ignored, "not a veth"},
 		{"peer does not point back", with(readyVeth, func(l *view.Link) { l.Peer.PointsBack = false }), matcher.Ignored, "does not point back"},
-		{"peer on no bridge", with(readyVeth, func(l *view.Link) { l.Peer.MasterIndex, l.Peer.MasterKind = 0, "" }), matcher.Ignored, "on no bridge"},
+		{"peer on no bridge (final: netmon stopped re-reading)", with(readyVeth, func(l *view.Link) { l.Peer.MasterIndex, l.Peer.MasterKind = 0, "" }), matcher.Ignored, "on no bridge"},
+		// Final verdicts stay final even while netmon re-reads.
+		{"peer in a foreign netns, rechecking", with(readyVeth, func(l *view.Link) {
+			l.Peer = &view.Peer{State: view.PeerForeignNetNS, NetNS: "/run/netns/other", Rechecking: true}
+		}), matcher.Ignored, "not dockerd's"},
+		{"peer not a veth, rechecking", with(readyVeth, func(l *view.Link) { l.Peer.Kind, l.Peer.Rechecking = "bridge", true }), matcher.Ignored, "not a veth"},
 		{"peer master is a bond", with(readyVeth, func(l *view.Link) { l.Peer.MasterKind = "bond" }), matcher.Ignored, "not a bridge"},
 		{"macvlan parent in a foreign netns", with(readyMacvlan, func(l *view.Link) {
 			l.Peer = &view.Peer{State: view.PeerForeignNetNS, NetNS: "/run/netns/x"}
@@ -178,6 +183,14 @@ func TestClassifyPendingAndReady(t *testing.T) {
 		{"peer untied (netns id unknown yet)", with(readyVeth, func(l *view.Link) {
 			l.Peer = &view.Peer{State: view.PeerUntied}
 		}), matcher.Pending, "peer not tied yet"},
+		// The host end is enslaved to its bridge a moment after the
+		// sandbox end is ready: pending while netmon re-reads it.
+		{"peer on no bridge yet (rechecking)", with(readyVeth, func(l *view.Link) {
+			l.Peer.MasterIndex, l.Peer.MasterKind, l.Peer.Rechecking = 0, "", true
+		}), matcher.Pending, "on no bridge yet"},
+		{"peer error, rechecking", with(readyVeth, func(l *view.Link) {
+			l.Peer = &view.Peer{State: view.PeerError, Err: "EMFILE", Rechecking: true}
+		}), matcher.Pending, "unreadable: EMFILE"},
 		{"macvlan ready, parent any kind, no point-back", readyMacvlan, matcher.Ready, "ready"},
 		{"macvlan parent is a bridge", with(readyMacvlan, func(l *view.Link) { l.Peer.Kind = "bridge" }), matcher.Ready, "ready"},
 		{"macvlan untied", with(readyMacvlan, func(l *view.Link) { l.ParentIndex, l.Peer = 0, nil }), matcher.Pending, "peer not tied yet"},

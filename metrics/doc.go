@@ -4,8 +4,8 @@
 // sandbox="<id>", registered as a single collector on the Registerer the
 // caller passes (the drop-in shim passes prometheus.DefaultRegisterer, which
 // Kata's shim metrics endpoint serves). It implements hotplug.Observer
-// (sandbox calls, guest NICs) and netmon.Observer (netlink events,
-// resyncs).
+// (sandbox calls, guest NICs) and netmon.Observer (netlink events applied
+// and skipped, resyncs); both report recovered panics.
 //
 // Many monitors in one process share one registry without colliding: the
 // sandbox label makes every series distinct, and a monitor's collector is

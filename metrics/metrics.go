@@ -54,6 +54,7 @@ type Sandbox struct {
 	id  string
 
 	events  *prometheus.CounterVec   // kind
+	skipped *prometheus.CounterVec   // kind
 	resyncs prometheus.Counter       //
 	calls   *prometheus.CounterVec   // op, outcome
 	latency *prometheus.HistogramVec // op
@@ -86,8 +87,13 @@ func New(reg prometheus.Registerer, id string) (*Sandbox, error) {
 		id:  id,
 		events: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: Namespace, Name: "netlink_events_total", ConstLabels: cl,
-			Help: "Netlink messages read from the sandbox netns, by kind (link, address, route). " +
-				"Messages lost to a receive buffer overflow are not counted: see resyncs_total.",
+			Help: "Netlink events from the sandbox netns that the monitor applied to its view, by kind (link, address, route). " +
+				"Events lost to a receive buffer overflow are not counted (see resyncs_total), nor undecodable ones (see netlink_undecodable_total).",
+		}, []string{"kind"}),
+		skipped: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: Namespace, Name: "netlink_undecodable_total", ConstLabels: cl,
+			Help: "Netlink messages skipped because they could not be decoded, by kind (link, address, route); " +
+				"the table they belong to is re-listed, and a dump skips the same objects.",
 		}, []string{"kind"}),
 		resyncs: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: Namespace, Name: "resyncs_total", ConstLabels: cl,
@@ -109,12 +115,13 @@ func New(reg prometheus.Registerer, id string) (*Sandbox, error) {
 	}
 	s.panics = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: Namespace, Name: "panics_total", ConstLabels: cl,
-		Help: "Panics recovered in kata-netmon's goroutines, by where (reconciler, first reconcile, netlink); the part that panicked starts over from a fresh list.",
+		Help: "Panics recovered in kata-netmon's goroutines, by where (reconciler, first reconcile, netmon loop, netmon start); the part that panicked starts over from a fresh list.",
 	}, []string{"where"})
 	// Series that exist from the start, so that rates and alerts see a 0
 	// rather than nothing.
 	for _, k := range kinds {
 		s.events.WithLabelValues(k)
+		s.skipped.WithLabelValues(k)
 	}
 	for _, op := range ops {
 		for _, o := range []string{OutcomeOK, OutcomeError} {
@@ -149,6 +156,7 @@ func (s *Sandbox) Unregister() bool {
 // Describe implements prometheus.Collector.
 func (s *Sandbox) Describe(ch chan<- *prometheus.Desc) {
 	s.events.Describe(ch)
+	s.skipped.Describe(ch)
 	s.resyncs.Describe(ch)
 	s.calls.Describe(ch)
 	s.latency.Describe(ch)
@@ -159,6 +167,7 @@ func (s *Sandbox) Describe(ch chan<- *prometheus.Desc) {
 // Collect implements prometheus.Collector.
 func (s *Sandbox) Collect(ch chan<- prometheus.Metric) {
 	s.events.Collect(ch)
+	s.skipped.Collect(ch)
 	s.resyncs.Collect(ch)
 	s.calls.Collect(ch)
 	s.latency.Collect(ch)
@@ -172,6 +181,14 @@ func (s *Sandbox) EventSeen(kind string) {
 		return
 	}
 	s.events.WithLabelValues(kind).Inc()
+}
+
+// Undecodable implements netmon.Observer.
+func (s *Sandbox) Undecodable(kind string) {
+	if s == nil {
+		return
+	}
+	s.skipped.WithLabelValues(kind).Inc()
 }
 
 // Resynced implements netmon.Observer.
@@ -191,7 +208,7 @@ func (s *Sandbox) SandboxCall(op string, d time.Duration, err error) {
 	s.latency.WithLabelValues(op).Observe(d.Seconds())
 }
 
-// Panicked implements hotplug.Observer.
+// Panicked implements hotplug.Observer and netmon.Observer.
 func (s *Sandbox) Panicked(where string) {
 	if s == nil {
 		return

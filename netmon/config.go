@@ -27,26 +27,35 @@ type Config struct {
 	// way as a peer netns. For the watch command and tests only. When false,
 	// only DockerdNetNS is accepted and nothing is scanned.
 	ScanNetNS bool
-	// ReceiveBufferSize sets SO_RCVBUF of the subscription sockets (0: the
-	// system default). Tests make it tiny to force ENOBUFS.
+	// ReceiveBufferSize sets SO_RCVBUF of the netlink socket (0: 4 MiB,
+	// charged only for messages not read yet). Tests make it tiny to force
+	// ENOBUFS.
 	ReceiveBufferSize int
 	// Log receives the monitor's logs; nil discards them.
 	Log *logrus.Entry
-	// Observer, if set, is told about every netlink message read and every
-	// resync (metrics).
+	// Observer, if set, is told about every netlink message applied or
+	// skipped, every resync and every recovered panic (metrics).
 	Observer Observer
 }
 
 // Observer receives counts from the monitor's loop goroutine. Its methods
 // must not block.
 type Observer interface {
-	// EventSeen is called for every netlink message read from the
-	// subscriptions; kind is "link", "address" or "route". Messages lost
-	// to an overflow are never seen: a resync follows.
+	// EventSeen is called for every netlink event the monitor applied to
+	// its view, in the kernel's order; kind is "link", "address" or
+	// "route". Events lost to an overflow are never seen (a resync
+	// follows), nor are those it could not decode (Undecodable).
 	EventSeen(kind string)
+	// Undecodable is called for every message skipped because it could
+	// not be decoded (an event or an object in a dump); kind as above.
+	Undecodable(kind string)
 	// Resynced is called after each successful resync (view.Snapshot.Resyncs
 	// counts the same).
 	Resynced()
+	// Panicked is called for every panic recovered in the monitor; where
+	// names the part ("netmon loop", "netmon start"). The view is then
+	// rebuilt from a fresh list.
+	Panicked(where string)
 }
 
 var (

@@ -17,22 +17,25 @@ import (
 
 // Monitor watches one network namespace through netlink.
 //
+// Goroutines: one, the loop (started by Start, ended by Close or by the
+// end of the netns). It reads the one socket, applies, dumps, resolves
+// peers and publishes; nothing else runs while the monitor is idle.
+//
 // Concurrency:
 //   - lifeMu serialises Start and Close and guards started and closed.
 //   - mu guards snap (the published, immutable view) and err.
 //   - hmu guards wh against release: LinkByName reads it under RLock; the
 //     loop reads it without the lock because release runs only after the
 //     loop has ended (and Start sets it before starting the loop).
-//   - subMu guards sub, which the loop replaces on every resync and which
-//     only the test hook reads from another goroutine.
-//   - st, res, gen and resyncs belong to Start until it starts the loop,
-//     then to the loop goroutine alone.
+//   - sockMu guards sock and sockClosed: the loop replaces sock on a
+//     resync, Close closes it to wake the loop, and the test hook closes
+//     it behind the loop's back.
+//   - st, res, gen, resyncs, rechecks, pending and the rate limiters belong
+//     to Start until it starts the loop, then to the loop goroutine alone.
 //
 // Channels: closing is closed by Close (once); done is closed by finish
 // (once), called when the loop returns, or by Close when the loop never
-// ran; changed is never closed. Each subscription's done channel is closed
-// by subscription.stop (or the test hook), its update channels by the
-// netlink library's reader goroutines.
+// ran; changed is never closed.
 type Monitor struct {
 	cfg     Config
 	log     *logrus.Entry
@@ -56,22 +59,31 @@ type Monitor struct {
 	err  error
 
 	hmu sync.RWMutex
-	wh  *netlink.Handle // sockets in the watched netns: lists, GETNSID, LinkByName
+	wh  *netlink.Handle // sockets in the watched netns: GETNSID, LinkByIndex, LinkByName, SetLinkUp
 
-	subMu sync.Mutex
-	sub   *subscription
+	sockMu     sync.Mutex
+	sock       *nlSocket
+	sockClosed bool // set by Close: no new socket may be installed
 
-	st      *state
-	res     *resolver
-	gen     uint64
-	resyncs uint64
-	// lastResyncWarn and quietResyncs rate-limit the resync warning.
-	lastResyncWarn time.Time
-	quietResyncs   int
-	// Untied veths re-read later (see settle): attempts so far, and the
-	// ones waiting for the retry timer.
-	retries map[int]int
-	later   map[int]struct{}
+	st       *state
+	res      *resolver
+	gen      uint64
+	resyncs  uint64
+	rechecks *rechecks // links whose peer facts may still settle
+	// pending holds the events read while a dump ran, applied after it;
+	// lost, the kinds of those that could not be decoded; resyncDue, why
+	// a resync is due (an undecodable link message read during a dump).
+	pending   []message
+	lost      lostKinds
+	resyncDue error
+	// Rate limits of the warnings that can repeat.
+	resyncWarn, decodeWarn limiter
+	// panics counts consecutive panics of the loop (reset by a publish):
+	// a panic that repeats at once is retried with backoff.
+	panics int
+	// Delays (fields, so tests can shorten them): resync retries back off
+	// from minBackoff to maxBackoff.
+	minBackoff, maxBackoff time.Duration
 }
 
 // New opens and checks the netns paths; it subscribes to nothing (Start
@@ -122,20 +134,25 @@ func New(cfg Config) (*Monitor, error) {
 		done:    make(chan struct{}),
 		snap:    &view.Snapshot{Links: map[int]*view.Link{}},
 		st:      newState(),
-		retries: map[int]int{},
-		later:   map[int]struct{}{},
+		res:     newResolver(log, watched, dockerd, cfg.ScanNetNS),
+
+		rechecks:   newRechecks(defaultRecheck),
+		resyncWarn: limiter{every: warnEvery},
+		decodeWarn: limiter{every: warnEvery},
+		minBackoff: minResyncBackoff,
+		maxBackoff: maxResyncBackoff,
 	}
-	m.res = &resolver{log: log, watched: watched, dockerd: dockerd, scan: cfg.ScanNetNS}
 	return m, nil
 }
 
-// Start subscribes to link, address (IPv4, IPv6) and route (IPv4, IPv6)
-// events in the watched netns, then lists everything, so no change falls in
-// between; it returns once that first view is published (view.Snapshot is
-// complete) and the loop runs. ctx bounds Start only: the monitor runs
-// until Close, or until the netns can no longer be watched (Done, Err). A
-// failed Start leaves the monitor unstarted: Start may be called again.
-func (m *Monitor) Start(ctx context.Context) error {
+// Start opens one netlink socket in the watched netns, joined to link,
+// address (IPv4, IPv6) and route (IPv4, IPv6) events, then lists
+// everything through it, so no change falls in between; it returns once
+// that first view is published (view.Snapshot is complete) and the loop
+// runs. ctx bounds Start only: the monitor runs until Close, or until the
+// netns can no longer be watched (Done, Err). A failed Start leaves the
+// monitor unstarted: Start may be called again.
+func (m *Monitor) Start(ctx context.Context) (err error) {
 	m.lifeMu.Lock()
 	defer m.lifeMu.Unlock()
 	if m.closed {
@@ -147,29 +164,42 @@ func (m *Monitor) Start(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
+	defer func() {
+		if p := recover(); p != nil {
+			err = m.panicked("start", p)
+		}
+	}()
 	if _, err := m.handle(); err != nil {
 		return err
 	}
-	sub, err := m.subscribe()
+	sock, err := openSocket(m.watched, m.cfg.ReceiveBufferSize)
 	if err != nil {
 		return err
 	}
 	if err := ctx.Err(); err != nil {
-		sub.stop()
+		sock.close()
 		return err
 	}
-	st, err := m.listAll()
+	st, err := m.list(sock)
 	if err != nil {
-		sub.stop()
+		sock.close()
 		return err
+	}
+	if !m.setSock(sock) {
+		return ErrClosed
 	}
 	m.st = st
-	m.setSub(sub)
-	m.publish()
+	if err := m.settle(); err != nil {
+		m.setSock(nil)
+		return err
+	}
+	if m.gen == 0 {
+		m.publish() // an empty netns changes nothing, but the view is complete
+	}
 	m.started = true
 	m.log.WithField("links", len(st.links)).Debug("watching")
 	m.wg.Add(1)
-	go m.run(sub)
+	go m.run()
 	return nil
 }
 
@@ -214,11 +244,22 @@ func (m *Monitor) Snapshot() *view.Snapshot {
 func (m *Monitor) Changed() <-chan struct{} { return m.changed }
 
 // LinkByName asks the kernel now (not the view) which link of the watched
-// netns carries name, and returns it without addresses or peer facts; nil
-// and no error when no link has that name. Kata looks links up by name, and
-// names are reused quickly, so callers check index and MAC right around each
-// hotplug call.
+// netns carries name, and returns its Index, Name, Kind, MAC, MTU and
+// RawFlags (no addresses, no peer facts); nil and no error when no link
+// has that name. Kata looks links up by name, and names are reused
+// quickly, so callers check index and MAC right around each hotplug call.
+//
+// When the name is still on the link the view has under it (the common
+// case), the kernel is asked through ioctls it answers without rtnl_lock
+// (see ioctlLink): an RTM_GETLINK queues behind whoever holds that lock, a
+// busy dockerd for milliseconds at a time, and this call sits between an
+// endpoint's readiness and its AddInterface. Otherwise it is an
+// RTM_GETLINK by name. RawFlags then holds only the low 16 bits of the
+// link's flags (IFF_UP, IFF_RUNNING, ...; not IFF_LOWER_UP).
 func (m *Monitor) LinkByName(name string) (*view.Link, error) {
+	if l := m.linkByNameFast(name); l != nil {
+		return l, nil
+	}
 	if _, err := m.handle(); err != nil {
 		return nil, err
 	}
@@ -235,6 +276,29 @@ func (m *Monitor) LinkByName(name string) (*view.Link, error) {
 		return nil, fmt.Errorf("read link %q in netns %q: %w", name, m.cfg.NetNSPath, err)
 	}
 	return linkFromNetlink(l), nil
+}
+
+// linkByNameFast answers LinkByName through ioctls when the published
+// view's link of that name still carries it; nil when it cannot tell.
+func (m *Monitor) linkByNameFast(name string) *view.Link {
+	m.mu.Lock()
+	known := m.snap.LinkByName(name)
+	var index int
+	var kind string
+	if known != nil {
+		index, kind = known.Index, known.Kind
+	}
+	m.mu.Unlock()
+	sock := m.socket()
+	if known == nil || sock == nil {
+		return nil
+	}
+	l, err := sock.ioctlLink(index, name)
+	if err != nil || l == nil {
+		return nil
+	}
+	l.Kind = kind // an ifindex never changes kind
+	return l
 }
 
 // SetLinkUp sets the link with ifindex index of the watched netns up. It
@@ -270,13 +334,19 @@ func (m *Monitor) Err() error {
 	return m.err
 }
 
-// Close stops the loop, closes every socket (draining the subscription
-// channels so the netlink library's goroutines can exit), waits for every
-// goroutine and releases the netns. Idempotent; safe before Start and
-// concurrently with anything.
+// Close stops the loop, closes every socket, waits for the loop and
+// releases the netns. Idempotent; safe before Start and concurrently with
+// anything.
 func (m *Monitor) Close() error {
 	m.closeOnce.Do(func() {
 		close(m.closing)
+		// Wake the loop: its read fails once the socket is closed.
+		m.sockMu.Lock()
+		m.sockClosed = true
+		if m.sock != nil {
+			m.sock.close()
+		}
+		m.sockMu.Unlock()
 		m.lifeMu.Lock() // waits for a Start in progress
 		m.closed = true
 		started := m.started
@@ -303,11 +373,7 @@ func (m *Monitor) finish(err error) {
 
 // release frees what outlives the loop. Runs once, after the loop ended.
 func (m *Monitor) release() {
-	m.subMu.Lock()
-	if m.sub != nil {
-		m.sub.stop()
-	}
-	m.subMu.Unlock()
+	m.setSock(nil)
 	m.res.close()
 	m.hmu.Lock()
 	if m.wh != nil {
@@ -319,6 +385,30 @@ func (m *Monitor) release() {
 	m.dockerd.Close()
 }
 
+// setSock installs sock as the loop's socket (nil: none) and closes the
+// one it replaces. It refuses (closing sock) once Close has begun.
+func (m *Monitor) setSock(sock *nlSocket) bool {
+	m.sockMu.Lock()
+	defer m.sockMu.Unlock()
+	if m.sock != nil && m.sock != sock {
+		m.sock.close()
+	}
+	if m.sockClosed && sock != nil {
+		sock.close()
+		m.sock = nil
+		return false
+	}
+	m.sock = sock
+	return true
+}
+
+// socket returns the loop's socket.
+func (m *Monitor) socket() *nlSocket {
+	m.sockMu.Lock()
+	defer m.sockMu.Unlock()
+	return m.sock
+}
+
 // publish makes the working state the published view and notifies.
 func (m *Monitor) publish() {
 	m.gen++
@@ -328,46 +418,9 @@ func (m *Monitor) publish() {
 	m.mu.Lock()
 	m.snap = snap
 	m.mu.Unlock()
+	m.panics = 0
 	select {
 	case m.changed <- struct{}{}:
 	default:
 	}
-}
-
-// listAll lists links, addresses and routes (all tables) in the watched
-// netns into a fresh state and reads every link's peer facts.
-func (m *Monitor) listAll() (*state, error) {
-	return listState(m.wh, m.res)
-}
-
-func listState(wh *netlink.Handle, res *resolver) (*state, error) {
-	links, err := dump("links", wh.LinkList)
-	if err != nil {
-		return nil, err
-	}
-	addrs, err := dump("addresses", func() ([]netlink.Addr, error) { return wh.AddrList(nil, netlink.FAMILY_ALL) })
-	if err != nil {
-		return nil, err
-	}
-	routes, err := dump("routes", func() ([]netlink.Route, error) {
-		return wh.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Table: 0}, netlink.RT_FILTER_TABLE)
-	})
-	if err != nil {
-		return nil, err
-	}
-	st := newState()
-	for _, nl := range links {
-		l := linkFromNetlink(nl)
-		l.Peer = res.resolve(wh, l)
-		st.incarnations++
-		l.Incarnation = st.incarnations
-		st.links[l.Index] = l
-		if l.Kind == "veth" && l.ParentIndex == 0 {
-			st.requery[l.Index] = struct{}{} // listed mid-creation (see setLink)
-		}
-	}
-	st.replaceAddrs(addrs)
-	st.replaceRoutes(routes)
-	st.changed = true
-	return st, nil
 }

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"runtime"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -219,8 +220,27 @@ func TestInitialList(t *testing.T) {
 		t.Fatal(err)
 	}
 	if !equalViews(s, fresh) {
-		t.Errorf("first snapshot differs from a fresh list")
+		t.Errorf("first snapshot differs from a fresh list:\n%s", viewDiff(s, fresh))
 	}
+}
+
+// viewDiff describes how two views differ, for failures.
+func viewDiff(a, b *view.Snapshot) string {
+	var out []string
+	for idx, la := range a.Links {
+		if lb := b.Links[idx]; !reflect.DeepEqual(la, lb) {
+			out = append(out, fmt.Sprintf("link %d: %+v (peer %+v)\n     vs %+v", idx, la, la.Peer, lb))
+		}
+	}
+	for idx, lb := range b.Links {
+		if a.Links[idx] == nil {
+			out = append(out, fmt.Sprintf("link %d only in the second: %+v", idx, lb))
+		}
+	}
+	if !reflect.DeepEqual(a.Routes, b.Routes) {
+		out = append(out, fmt.Sprintf("routes %+v\n    vs %+v", a.Routes, b.Routes))
+	}
+	return strings.Join(out, "\n")
 }
 
 func mustCIDR(s string) *net.IPNet {
@@ -601,6 +621,58 @@ func TestLinkByName(t *testing.T) {
 	}
 }
 
+// TestLinkByNameRunning: once the view knows the name, LinkByName answers
+// from ioctls; whatever the view says, the answer is the kernel's now,
+// including right after two links swapped names.
+func TestLinkByNameRunning(t *testing.T) {
+	e := newEnv(t)
+	a, b := vethPair(t, e.Sandbox)
+	linkUp(t, e.Sandbox, a)
+	m := e.start(t, nil)
+	check := func(name string) {
+		t.Helper()
+		want, err := e.Sandbox.LinkByName(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := m.LinkByName(name)
+		if err != nil || got == nil {
+			t.Fatalf("LinkByName(%q) = %+v, %v", name, got, err)
+		}
+		wa := want.Attrs()
+		if got.Index != wa.Index || got.Name != name || got.MAC.String() != wa.HardwareAddr.String() ||
+			got.MTU != wa.MTU || got.Up() != (wa.RawFlags&unix.IFF_UP != 0) || got.Kind != "veth" {
+			t.Errorf("LinkByName(%q) = %+v; kernel: ifindex %d MAC %s MTU %d flags %#x", name, got, wa.Index, wa.HardwareAddr, wa.MTU, wa.RawFlags)
+		}
+	}
+	an, bn := a.Attrs().Name, b.Attrs().Name
+	waitView(t, m, "both links known", func(s *view.Snapshot) bool { return s.LinkByName(an) != nil && s.LinkByName(bn) != nil })
+	check(an)
+	check(bn)
+	// Swap the names; ask before and after the view follows.
+	tmp := netmontest.RandName()
+	for _, step := range [][2]string{{an, tmp}, {bn, an}, {tmp, bn}} {
+		l, err := e.Sandbox.LinkByName(step[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := e.Sandbox.LinkSetName(l, step[1]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	check(an)
+	check(bn)
+	if l, err := m.LinkByName(tmp); l != nil || err != nil {
+		t.Errorf("LinkByName(%q) after it was renamed away = %+v, %v; want nil, nil", tmp, l, err)
+	}
+	waitView(t, m, "names swapped", func(s *view.Snapshot) bool {
+		l := s.LinkByName(an)
+		return l != nil && l.Index == b.Attrs().Index
+	})
+	check(an)
+	check(bn)
+}
+
 // TestResyncAfterENOBUFS overflows a tiny receive buffer with a burst of
 // address events in the watched netns.
 func TestResyncAfterENOBUFS(t *testing.T) {
@@ -645,7 +717,7 @@ func TestResyncAfterKilledSubscription(t *testing.T) {
 	a, _ := vethPair(t, e.Sandbox)
 	m := e.start(t, nil)
 	for i := 1; i <= 3; i++ {
-		if !netmon.KillSubscriptions(m) {
+		if !netmon.KillSocket(m) {
 			t.Fatal("no subscription to kill")
 		}
 		// Changes made while the subscription is dead are in the re-list.
@@ -667,7 +739,7 @@ func TestNetNSGone(t *testing.T) {
 	if err := netns.DeleteNamed(filepath.Base(e.SandboxPath)); err != nil {
 		t.Fatal(err)
 	}
-	netmon.KillSubscriptions(m)
+	netmon.KillSocket(m)
 	select {
 	case <-m.Done():
 	case <-time.After(waitTimeout):

@@ -3,6 +3,7 @@ package netmon
 import (
 	"errors"
 	"fmt"
+	"runtime/debug"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -16,8 +17,8 @@ import (
 // a failed switch back: it runs on a throwaway thread.
 func newHandleAt(ns *nsfs.File) (*netlink.Handle, error) {
 	var h *netlink.Handle
-	err := nsfs.Throwaway(func() error {
-		var err error
+	err := nsfs.Throwaway(func() (err error) {
+		defer recoverAs(&err)
 		h, err = netlink.NewHandleAt(ns.Handle(), unix.NETLINK_ROUTE)
 		return err
 	})
@@ -35,20 +36,11 @@ func isLinkNotFound(err error) bool {
 	return errors.As(err, &nf) || errors.Is(err, unix.ENODEV)
 }
 
-// maxDumpAttempts bounds retries of a dump the kernel marked interrupted
-// (NLM_F_DUMP_INTR: the table changed while it was being dumped).
-const maxDumpAttempts = 8
-
-// dump runs one netlink list call, retrying it while the kernel reports the
-// dump interrupted. Every list in this package goes through it.
-func dump[T any](what string, list func() ([]T, error)) ([]T, error) {
-	for attempt := 1; ; attempt++ {
-		v, err := list()
-		if err == nil {
-			return v, nil
-		}
-		if !errors.Is(err, netlink.ErrDumpInterrupted) || attempt >= maxDumpAttempts {
-			return nil, fmt.Errorf("list %s (attempt %d): %w", what, attempt, err)
-		}
+// recoverAs turns a panic in the function it is deferred in into *err
+// (with the stack): for the functions run on nsfs's own goroutines, where a
+// panic would otherwise end the process.
+func recoverAs(err *error) {
+	if p := recover(); p != nil {
+		*err = fmt.Errorf("%w: %v\n%s", errPanicked, p, debug.Stack())
 	}
 }

@@ -24,6 +24,18 @@ type resolver struct {
 
 	dh *netlink.Handle // sockets in dockerd's netns, opened on first use; closed by close
 
+	// dockerdID is the id the watched netns gives dockerd's, and backID
+	// the id dockerd's gives the watched one; -1 until known. An id, once
+	// assigned, stays while both netns live, and the Monitor holds both
+	// open: each is asked for once, not on every link.
+	dockerdID, backID int
+	// masterKinds caches the kind of the masters found in dockerd's netns
+	// (its bridges), by ifindex: every endpoint's peer sits on one of a
+	// few, and each read is an RTM_GETLINK that waits for the kernel's
+	// rtnl_lock, which a busy dockerd holds. An ifindex is not reused
+	// while its netns lives (the kernel hands out increasing ones).
+	masterKinds map[int]string
+
 	// cache maps a link-netnsid (of the watched netns) to the netns it
 	// named when last scanned. Ids are reused once a netns dies, so an
 	// entry is re-validated on every use (see openCached).
@@ -34,6 +46,11 @@ type resolver struct {
 type cached struct {
 	path string
 	id   nsfs.ID
+}
+
+func newResolver(log *logrus.Entry, watched, dockerd *nsfs.File, scan bool) *resolver {
+	return &resolver{log: log, watched: watched, dockerd: dockerd, scan: scan, dockerdID: -1, backID: -1,
+		masterKinds: map[int]string{}}
 }
 
 func (r *resolver) close() {
@@ -55,17 +72,21 @@ func (r *resolver) resolve(wh *netlink.Handle, l *view.Link) *view.Peer {
 	id := l.LinkNetNSID
 
 	// dockerd's netns first: ask the watched netns which id it gives it.
-	did, err := wh.GetNetNsIdByFd(r.dockerd.FD())
-	if err != nil {
-		return &view.Peer{State: view.PeerError, Err: fmt.Sprintf("RTM_GETNSID for %q in the watched netns: %v", r.dockerd.Path(), err)}
+	if r.dockerdID < 0 {
+		did, err := wh.GetNetNsIdByFd(r.dockerd.FD())
+		if err != nil {
+			return &view.Peer{State: view.PeerError, Err: fmt.Sprintf("RTM_GETNSID for %q in the watched netns: %v", r.dockerd.Path(), err)}
+		}
+		r.dockerdID = did // stays -1 when none is assigned yet
 	}
-	if did == id {
+	if r.dockerdID == id {
+		var err error
 		if r.dh == nil {
 			if r.dh, err = newHandleAt(r.dockerd); err != nil {
 				return &view.Peer{State: view.PeerError, NetNS: r.dockerd.Path(), Err: err.Error()}
 			}
 		}
-		return r.readPeer(r.dh, r.dockerd.Path(), l)
+		return r.readPeer(r.dh, r.dockerd.Path(), l, &r.backID, r.masterKinds)
 	}
 	if !r.scan {
 		return &view.Peer{State: view.PeerForeignNetNS}
@@ -85,12 +106,15 @@ func (r *resolver) resolve(wh *netlink.Handle, l *view.Link) *view.Peer {
 		return &view.Peer{State: view.PeerError, NetNS: ns.Path(), Err: err.Error()}
 	}
 	defer h.Close()
-	return r.readPeer(h, ns.Path(), l)
+	back := -1
+	return r.readPeer(h, ns.Path(), l, &back, nil)
 }
 
 // readPeer reads the link at l.ParentIndex through h (sockets in the netns
 // where that index is valid) and, for a veth, whether it points back.
-func (r *resolver) readPeer(h *netlink.Handle, path string, l *view.Link) *view.Peer {
+// back caches the id that netns gives the watched one (-1: not known yet),
+// and masters (when not nil) the kinds of its masters.
+func (r *resolver) readPeer(h *netlink.Handle, path string, l *view.Link, back *int, masters map[int]string) *view.Peer {
 	p := &view.Peer{State: view.PeerResolved, NetNS: path}
 	fail := func(format string, args ...any) *view.Peer {
 		return &view.Peer{State: view.PeerError, NetNS: path, Err: fmt.Sprintf(format, args...)}
@@ -105,23 +129,33 @@ func (r *resolver) readPeer(h *netlink.Handle, path string, l *view.Link) *view.
 	a := pl.Attrs()
 	p.Found, p.Name, p.Kind, p.MasterIndex = true, a.Name, pl.Type(), a.MasterIndex
 	if a.MasterIndex != 0 {
-		ml, err := h.LinkByIndex(a.MasterIndex)
-		switch {
-		case err == nil:
-			p.MasterKind = ml.Type()
-		case !isLinkNotFound(err):
-			return fail("read master ifindex %d of %q in %q: %v", a.MasterIndex, a.Name, path, err)
+		if kind, ok := masters[a.MasterIndex]; ok {
+			p.MasterKind = kind
+		} else {
+			ml, err := h.LinkByIndex(a.MasterIndex)
+			switch {
+			case err == nil:
+				p.MasterKind = ml.Type()
+				if masters != nil {
+					masters[a.MasterIndex] = p.MasterKind
+				}
+			case !isLinkNotFound(err):
+				return fail("read master ifindex %d of %q in %q: %v", a.MasterIndex, a.Name, path, err)
+			}
 		}
 	}
 	if l.Kind == "veth" && p.Kind == "veth" && a.ParentIndex == l.Index && a.NetNsID >= 0 {
 		// The peer's link-netnsid is an id in the PEER's netns: ask that
 		// netns which id it gives the watched one. (Reading the peer
 		// above made the kernel allocate it if it had none.)
-		back, err := h.GetNetNsIdByFd(r.watched.FD())
-		if err != nil {
-			return fail("RTM_GETNSID for the watched netns in %q: %v", path, err)
+		if *back < 0 {
+			id, err := h.GetNetNsIdByFd(r.watched.FD())
+			if err != nil {
+				return fail("RTM_GETNSID for the watched netns in %q: %v", path, err)
+			}
+			*back = id
 		}
-		p.PointsBack = back >= 0 && back == a.NetNsID
+		p.PointsBack = *back >= 0 && *back == a.NetNsID
 	}
 	return p
 }

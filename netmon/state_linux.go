@@ -4,14 +4,12 @@ import (
 	"bytes"
 	"cmp"
 	"maps"
-	"net"
 	"net/netip"
 	"slices"
 
-	"github.com/kata-netmon/kata-netmon/netmon/view"
-
-	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/kata-netmon/kata-netmon/netmon/view"
 )
 
 // routeKey identifies a route the way the kernel does, plus what tells
@@ -22,14 +20,17 @@ import (
 // appends (the kernel itself adds each address's prefix route with
 // NLM_F_APPEND, so two links in one subnet each have one) and IPv6 keeps
 // same-metric routes through different devices (every link's fe80::/64).
-// The key therefore adds the output device, gateway and type, which every
-// RTM_NEWROUTE / RTM_DELROUTE carries. What such a key cannot follow
+// The key therefore adds the output device, gateway (RTA_GATEWAY or
+// RTA_VIA), nexthop object and type, which every RTM_NEWROUTE /
+// RTM_DELROUTE carries, and the source prefix, which is part of an IPv6
+// route's identity (source-specific routes: two defaults from different
+// prefixes through one gateway are two routes). What such a key cannot follow
 // (NLM_F_REPLACE, IPv6 appends to ECMP groups, multipath routes, a delete of
 // a route we do not have) makes the loop re-list the routes instead.
 type routeKey struct {
-	family, table, tos, priority, linkIndex, typ int
-	dst                                          netip.Prefix
-	gw                                           netip.Addr
+	family, table, tos, priority, linkIndex, typ, nhid int
+	dst, src                                           netip.Prefix
+	gw, via                                            netip.Addr
 }
 
 func compareRouteKeys(a, b routeKey) int {
@@ -38,35 +39,55 @@ func compareRouteKeys(a, b routeKey) int {
 		cmp.Compare(a.table, b.table),
 		a.dst.Addr().Compare(b.dst.Addr()),
 		cmp.Compare(a.dst.Bits(), b.dst.Bits()),
+		a.src.Addr().Compare(b.src.Addr()),
+		cmp.Compare(a.src.Bits(), b.src.Bits()),
 		cmp.Compare(a.priority, b.priority),
 		cmp.Compare(a.tos, b.tos),
 		cmp.Compare(a.linkIndex, b.linkIndex),
 		a.gw.Compare(b.gw),
+		a.via.Compare(b.via),
+		cmp.Compare(a.nhid, b.nhid),
 		cmp.Compare(a.typ, b.typ),
 	)
 }
 
 // state is the working view. It is owned by one goroutine at a time: Start
 // before the loop runs, then the loop (see Monitor).
+//
+// Messages come from one socket in the order the kernel sent them, so a
+// link's NEWLINK precedes its addresses and routes, and its DELLINK follows
+// their removal. What remains out of step is what the kernel does without
+// a message (see setLink), and a re-list's replay: the messages read while
+// a dump runs are applied after it, in order, and may be older than the
+// dump; applying them in order still ends at the kernel's state.
 type state struct {
 	links map[int]*view.Link // by ifindex; Addrs always nil here (see addrs)
-	// addrs is kept apart from links because the three subscriptions are
-	// three sockets with no order between them: a NEWADDR can be read
-	// before the NEWLINK of its link. Snapshots attach addrs to known links.
+	// addrs holds each link's addresses by ifindex; snapshots attach them
+	// to the links. Kept apart so a NEWLINK (which carries none) replaces
+	// a link without touching them.
 	addrs  map[int]map[netip.Prefix]view.Addr
 	routes map[routeKey]view.Route
+	// multipath is the keys of the routes that came with RTA_MULTIPATH:
+	// their nexthops are not keyed, so a DELLINK re-lists routes when any
+	// exists.
+	multipath map[routeKey]struct{}
+	// dropped is the keys the last re-list or DELLINK removed: the
+	// RTM_DELROUTE the kernel may still send for one is no surprise.
+	dropped map[routeKey]struct{}
 
 	// incarnations numbers links as they appear (view.Link.Incarnation). A
 	// re-list carries it over for a link it finds with the same ifindex
 	// and MAC: it cannot tell a missed delete and re-create apart.
 	incarnations uint64
 
-	// Set by event handlers, consumed by Monitor.settle.
+	// Set by the apply methods, consumed by Monitor.settle.
 	changed      bool             // the published view is out of date
-	relistAddrs  bool             // an event did not fit the state: re-list addresses
-	relistRoutes bool             // the kernel changed routes silently, or an event did not fit
+	relistAddrs  bool             // an address message could not be decoded
+	relistRoutes bool             // the kernel changed routes silently, or a message did not fit
 	peerDirty    map[int]struct{} // links whose peer facts must be re-read
-	requery      map[int]struct{} // veths announced without IFLA_LINK: read them again
+	// untied is the veths announced without IFLA_LINK (see setLink) and
+	// not read again yet; the loop schedules a read of each.
+	untied map[int]struct{}
 }
 
 func newState() *state {
@@ -74,35 +95,10 @@ func newState() *state {
 		links:     map[int]*view.Link{},
 		addrs:     map[int]map[netip.Prefix]view.Addr{},
 		routes:    map[routeKey]view.Route{},
+		multipath: map[routeKey]struct{}{},
+		dropped:   map[routeKey]struct{}{},
 		peerDirty: map[int]struct{}{},
-		requery:   map[int]struct{}{},
-	}
-}
-
-// operStates names IF_OPER_* (RFC 2863) as iproute2 prints them, lowercased.
-var operStates = [...]string{"unknown", "notpresent", "down", "lowerlayerdown", "testing", "dormant", "up"}
-
-func linkFromNetlink(nl netlink.Link) *view.Link {
-	a := nl.Attrs()
-	op := "unknown"
-	if int(a.OperState) < len(operStates) {
-		op = operStates[a.OperState]
-	}
-	var mac net.HardwareAddr
-	if len(a.HardwareAddr) > 0 {
-		mac = slices.Clone(a.HardwareAddr)
-	}
-	return &view.Link{
-		Index:       a.Index,
-		Name:        a.Name,
-		Kind:        nl.Type(),
-		MAC:         mac,
-		MTU:         a.MTU,
-		RawFlags:    a.RawFlags,
-		OperState:   op,
-		ParentIndex: a.ParentIndex,
-		LinkNetNSID: a.NetNsID, // the library sets -1 when IFLA_LINK_NETNSID is absent
-		MasterIndex: a.MasterIndex,
+		untied:    map[int]struct{}{},
 	}
 }
 
@@ -121,85 +117,39 @@ func samePeer(a, b *view.Peer) bool {
 	return *a == *b
 }
 
-// prefixFromIPNet converts an address with its mask; the mask length says
-// the family (a v4 address may come in 16-byte form).
-func prefixFromIPNet(n *net.IPNet) (netip.Prefix, bool) {
-	if n == nil {
-		return netip.Prefix{}, false
+// apply applies one decoded message.
+func (s *state) apply(m *message) {
+	if !m.keep {
+		return
 	}
-	ones, bits := n.Mask.Size()
-	var a netip.Addr
-	switch bits {
-	case 32:
-		ip4 := n.IP.To4()
-		if ip4 == nil {
-			return netip.Prefix{}, false
-		}
-		a = netip.AddrFrom4([4]byte(ip4))
-	case 128:
-		if len(n.IP) != net.IPv6len {
-			return netip.Prefix{}, false
-		}
-		a = netip.AddrFrom16([16]byte(n.IP))
-	default:
-		return netip.Prefix{}, false
-	}
-	return netip.PrefixFrom(a, ones), true
-}
-
-func addrOf(family int, ip net.IP) netip.Addr {
-	if len(ip) == 0 {
-		return netip.Addr{}
-	}
-	if family == view.FamilyV4 {
-		if ip4 := ip.To4(); ip4 != nil {
-			return netip.AddrFrom4([4]byte(ip4))
-		}
-		return netip.Addr{}
-	}
-	a, _ := netip.AddrFromSlice(ip)
-	return a
-}
-
-// routeFromNetlink converts a route; ok is false for what the view does not
-// keep: families other than IPv4/IPv6 (an AF_UNSPEC dump also returns
-// multicast routing tables) and cloned routes (PMTU/redirect exceptions,
-// which dumps leave out too).
-func routeFromNetlink(r netlink.Route) (view.Route, routeKey, bool) {
-	if r.Family != view.FamilyV4 && r.Family != view.FamilyV6 {
-		return view.Route{}, routeKey{}, false
-	}
-	if r.Flags&unix.RTM_F_CLONED != 0 {
-		return view.Route{}, routeKey{}, false
-	}
-	dst, ok := prefixFromIPNet(r.Dst)
-	if !ok {
-		// A route without RTA_DST is a default route.
-		if r.Family == view.FamilyV4 {
-			dst = netip.PrefixFrom(netip.IPv4Unspecified(), 0)
+	switch m.kind {
+	case kindLink:
+		if m.typ == unix.RTM_NEWLINK {
+			s.setLink(m.link)
 		} else {
-			dst = netip.PrefixFrom(netip.IPv6Unspecified(), 0)
+			s.delLink(m.link.Index)
+		}
+	case kindAddress:
+		if m.typ == unix.RTM_NEWADDR {
+			s.setAddr(m.addrIndex, m.addr)
+		} else {
+			s.delAddr(m.addrIndex, m.addr.Prefix)
+		}
+	case kindRoute:
+		// What the key cannot follow: a replace (the kernel swaps one
+		// route of that identity for another), IPv6 appends (to an ECMP
+		// group, the message holds only the new nexthop) and multipath
+		// routes.
+		if m.nlflags&unix.NLM_F_REPLACE != 0 || m.multipath ||
+			(m.route.Family == view.FamilyV6 && m.nlflags&unix.NLM_F_APPEND != 0) {
+			s.relistRoutes = true
+		}
+		if m.typ == unix.RTM_NEWROUTE {
+			s.setRoute(m.key, m.route, m.multipath)
+		} else {
+			s.delRoute(m.key)
 		}
 	}
-	out := view.Route{
-		Family:    r.Family,
-		Dst:       dst,
-		Gateway:   addrOf(r.Family, r.Gw),
-		Src:       addrOf(r.Family, r.Src),
-		LinkIndex: r.LinkIndex,
-		Table:     r.Table,
-		Protocol:  int(r.Protocol),
-		Scope:     int(r.Scope),
-		Type:      r.Type,
-		Priority:  r.Priority,
-		Flags:     r.Flags,
-		MTU:       r.MTU,
-	}
-	k := routeKey{
-		family: r.Family, table: r.Table, tos: r.Tos, priority: r.Priority,
-		linkIndex: r.LinkIndex, typ: r.Type, dst: dst, gw: out.Gateway,
-	}
-	return out, k, true
 }
 
 // inherit carries link incarnations over from the state a re-list replaces:
@@ -207,9 +157,9 @@ func routeFromNetlink(r netlink.Route) (view.Route, routeKey, bool) {
 // new one above every number old handed out.
 func (s *state) inherit(old *state) {
 	next := old.incarnations
-	for _, idx := range sortedKeys(s.links) {
+	for _, idx := range slices.Sorted(maps.Keys(s.links)) {
 		l := s.links[idx]
-		if o := old.links[idx]; o != nil && o.MAC.String() == l.MAC.String() {
+		if o := old.links[idx]; o != nil && bytes.Equal(o.MAC, l.MAC) {
 			l.Incarnation = o.Incarnation
 			continue
 		}
@@ -219,33 +169,32 @@ func (s *state) inherit(old *state) {
 	s.incarnations = next
 }
 
-func sortedKeys(m map[int]*view.Link) []int {
-	out := make([]int, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	slices.Sort(out)
-	return out
-}
-
 // setLink applies RTM_NEWLINK (AF_UNSPEC). It replaces the link's attributes
-// (addresses are kept apart) and marks its peer facts for re-reading.
+// (addresses are kept apart) and marks its peer facts for re-reading when
+// what they depend on changed (IFLA_LINK, the link-netnsid, the kind) or
+// when they are not final yet.
 func (s *state) setLink(l *view.Link) {
 	old := s.links[l.Index]
-	s.peerDirty[l.Index] = struct{}{}
+	if old == nil || old.ParentIndex != l.ParentIndex || old.LinkNetNSID != l.LinkNetNSID ||
+		old.Kind != l.Kind || old.Peer == nil || old.Peer.Rechecking {
+		s.peerDirty[l.Index] = struct{}{}
+	}
 	if l.Kind == "veth" && l.ParentIndex == 0 {
 		// veth_newlink registers the peer before the device it pairs
 		// with, so the peer's RTM_NEWLINK has no IFLA_LINK ("@NONE"), and
 		// no further message says when it gets one. This is Docker's
 		// first NEWLINK in the sandbox (the pair is created with its
-		// peer there). Read the link again once the queue is drained.
-		s.requery[l.Index] = struct{}{}
+		// peer there); its rename follows at once and carries IFLA_LINK,
+		// so the link is read again only if nothing comes (see untied).
+		s.untied[l.Index] = struct{}{}
+	} else {
+		delete(s.untied, l.Index)
 	}
 	if l.Kind == "veth" && l.ParentIndex != 0 && l.LinkNetNSID < 0 {
 		// The second end of a pair created in this netns: the first end
 		// (announced untied) is tied now.
 		if p := s.links[l.ParentIndex]; p != nil && p.Kind == "veth" && p.ParentIndex == 0 {
-			s.requery[p.Index] = struct{}{}
+			s.untied[p.Index] = struct{}{}
 		}
 	}
 	if old == nil {
@@ -256,30 +205,33 @@ func (s *state) setLink(l *view.Link) {
 		return
 	}
 	l.Incarnation = old.Incarnation
-	// The kernel flushes IPv4 routes through a link that goes down without
-	// any RTM_DELROUTE, and flags routes RTNH_F_LINKDOWN (also silently)
-	// when the carrier goes: re-list routes on either transition. IPv6
-	// addresses removed on down do come with RTM_DELADDR.
+	// The kernel flushes the IPv4 routes through a link that goes down,
+	// and flags routes RTNH_F_LINKDOWN when its carrier goes (and clears
+	// the flag when it comes back), all without a message: re-list routes
+	// when such a transition can have changed one in the view.
 	const watched = view.FlagUp | view.FlagLowerUp
-	if old.RawFlags&watched != l.RawFlags&watched {
+	if lost := old.RawFlags & watched &^ l.RawFlags; lost != 0 && (s.routesVia(l.Index, 0) || len(s.multipath) > 0) {
 		s.relistRoutes = true
 	}
-	// Links, addresses and routes come on three sockets with no order
-	// between them: Docker adds an endpoint's addresses before it sets the
-	// link up, but the UP (or RUNNING) event can be applied before the last
-	// NEWADDR has been read, and the endpoint would look ready with part of
-	// its addresses (seen: dual-stack eth0 attached with IPv4 only). Re-list
-	// addresses when the flags that make a link ready change, so the view
-	// published with them has every address the kernel had by then.
-	const ready = view.FlagUp | view.FlagRunning | view.FlagLowerUp
-	if old.RawFlags&ready != l.RawFlags&ready {
-		s.relistAddrs = true
+	if gained := l.RawFlags & watched &^ old.RawFlags; gained != 0 && (s.routesVia(l.Index, unix.RTNH_F_LINKDOWN|unix.RTNH_F_DEAD) || len(s.multipath) > 0) {
+		s.relistRoutes = true
 	}
 	l.Peer = old.Peer // kept until settle re-reads it
 	if !sameLinkAttrs(old, l) {
 		s.changed = true
 	}
 	s.links[l.Index] = l
+}
+
+// routesVia reports a route in the view through ifindex index with any of
+// flags set (flags 0: any route through it).
+func (s *state) routesVia(index, flags int) bool {
+	for k, r := range s.routes {
+		if k.linkIndex == index && (flags == 0 || r.Flags&flags != 0) {
+			return true
+		}
+	}
+	return false
 }
 
 // delLink applies RTM_DELLINK (destroyed or moved to another netns): the
@@ -291,15 +243,18 @@ func (s *state) delLink(index int) {
 	}
 	delete(s.addrs, index)
 	delete(s.peerDirty, index)
-	delete(s.requery, index)
+	delete(s.untied, index)
 	for k := range s.routes {
 		if k.linkIndex == index {
 			delete(s.routes, k)
+			s.dropped[k] = struct{}{}
 			s.changed = true
 		}
 	}
 	// Multipath routes with a nexthop through it are not keyed by it.
-	s.relistRoutes = true
+	if len(s.multipath) > 0 {
+		s.relistRoutes = true
+	}
 }
 
 func (s *state) setAddr(index int, a view.Addr) {
@@ -314,12 +269,9 @@ func (s *state) setAddr(index int, a view.Addr) {
 	set[a.Prefix] = a
 	if _, ok := s.links[index]; ok {
 		s.changed = true
-	} else {
-		// Either its NEWLINK is still queued on the link socket (kept, and
-		// the re-list keeps it too), or it is a stale event for a link
-		// already deleted (the re-list drops it).
-		s.relistAddrs = true
 	}
+	// Otherwise: a message read during a dump, about a link the dump no
+	// longer had; its DELLINK follows in the replay and drops the set.
 }
 
 func (s *state) delAddr(index int, p netip.Prefix) {
@@ -336,42 +288,48 @@ func (s *state) delAddr(index int, p netip.Prefix) {
 	}
 }
 
-func (s *state) setRoute(k routeKey, r view.Route) {
+func (s *state) setRoute(k routeKey, r view.Route, multipath bool) {
 	if old, ok := s.routes[k]; !ok || old != r {
 		s.routes[k] = r
 		s.changed = true
 	}
-	if r.LinkIndex != 0 {
-		if l := s.links[r.LinkIndex]; l == nil || !l.Up() {
-			// A route through an unknown or down link: out of order
-			// with a DELLINK or a down transition already applied.
-			s.relistRoutes = true
-		}
+	if multipath {
+		s.multipath[k] = struct{}{}
+	}
+	if r.LinkIndex != 0 && s.links[r.LinkIndex] == nil {
+		// In the kernel's order a link's NEWLINK precedes its routes:
+		// this one can only be a replayed message older than a dump
+		// (and its link's DELLINK follows), or a sign the view went
+		// astray. A re-list costs little and settles either.
+		s.relistRoutes = true
 	}
 }
 
 func (s *state) delRoute(k routeKey) {
 	if _, ok := s.routes[k]; !ok {
+		if _, ok := s.dropped[k]; ok {
+			// A re-list or a DELLINK removed it already: the kernel's
+			// RTM_DELROUTE for it came after.
+			delete(s.dropped, k)
+			return
+		}
 		s.relistRoutes = true
 		return
 	}
 	delete(s.routes, k)
+	delete(s.multipath, k)
 	s.changed = true
 }
 
-func (s *state) replaceAddrs(list []netlink.Addr) {
+func (s *state) replaceAddrs(list []message) {
 	next := map[int]map[netip.Prefix]view.Addr{}
-	for _, a := range list {
-		p, ok := prefixFromIPNet(a.IPNet)
-		if !ok {
-			continue
-		}
-		set := next[a.LinkIndex]
+	for _, m := range list {
+		set := next[m.addrIndex]
 		if set == nil {
 			set = map[netip.Prefix]view.Addr{}
-			next[a.LinkIndex] = set
+			next[m.addrIndex] = set
 		}
-		set[p] = view.Addr{Prefix: p, Scope: a.Scope, Flags: a.Flags}
+		set[m.addr.Prefix] = m.addr
 	}
 	if !maps.EqualFunc(s.addrs, next, maps.Equal) {
 		s.changed = true
@@ -380,17 +338,25 @@ func (s *state) replaceAddrs(list []netlink.Addr) {
 	s.relistAddrs = false
 }
 
-func (s *state) replaceRoutes(list []netlink.Route) {
-	next := map[routeKey]view.Route{}
-	for _, r := range list {
-		if v, k, ok := routeFromNetlink(r); ok {
-			next[k] = v
+func (s *state) replaceRoutes(list []message) {
+	next := make(map[routeKey]view.Route, len(list))
+	mp := map[routeKey]struct{}{}
+	for _, m := range list {
+		next[m.key] = m.route
+		if m.multipath {
+			mp[m.key] = struct{}{}
 		}
 	}
 	if !maps.Equal(s.routes, next) {
 		s.changed = true
 	}
-	s.routes = next
+	clear(s.dropped)
+	for k := range s.routes {
+		if _, ok := next[k]; !ok {
+			s.dropped[k] = struct{}{}
+		}
+	}
+	s.routes, s.multipath = next, mp
 	s.relistRoutes = false
 }
 

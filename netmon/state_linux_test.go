@@ -1,13 +1,11 @@
 package netmon
 
 import (
-	"net"
 	"net/netip"
 	"testing"
 
 	"github.com/kata-netmon/kata-netmon/netmon/view"
 
-	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
 
@@ -18,41 +16,56 @@ func upLink(idx int, flags uint32) *view.Link {
 	return &view.Link{Index: idx, Name: "l", Kind: "veth", RawFlags: flags, LinkNetNSID: -1}
 }
 
-func nlRoute(family int, dst string, idx int, gw string, prio int) netlink.Route {
-	_, n, _ := net.ParseCIDR(dst)
-	return netlink.Route{Family: family, Dst: n, LinkIndex: idx, Gw: net.ParseIP(gw), Priority: prio, Table: view.TableMain, Type: unix.RTN_UNICAST}
+// route decodes the RTM_NEWROUTE the kernel would send for a main-table
+// unicast route (dst "" for none: a default route).
+func route(t *testing.T, family int, dst string, idx int, gw string, prio int) message {
+	t.Helper()
+	return mustDecode(t, routeBytes(unix.RTM_NEWROUTE, 0, family, dst, idx, gw, prio))
+}
+
+// fromRoute decodes the RTM_NEWROUTE of `default from src/64 via fe80::1
+// dev 2 metric 1024`.
+func fromRoute(t *testing.T, src string) message {
+	t.Helper()
+	return mustDecode(t, srcLen(routeBytes(unix.RTM_NEWROUTE, 0, view.FamilyV6, "", 2, "fe80::1", 1024,
+		attr(unix.RTA_SRC, ipBytes(view.FamilyV6, src))), 64))
 }
 
 func TestRouteKeys(t *testing.T) {
 	for _, tc := range []struct {
 		name string
-		a, b netlink.Route
+		a, b message
 		same bool
 	}{
-		{"fe80::/64 on two links", nlRoute(view.FamilyV6, "fe80::/64", 2, "", 256), nlRoute(view.FamilyV6, "fe80::/64", 3, "", 256), false},
-		{"same prefix, two metrics", nlRoute(view.FamilyV4, "10.0.0.0/8", 2, "", 10), nlRoute(view.FamilyV4, "10.0.0.0/8", 2, "", 20), false},
-		{"identical", nlRoute(view.FamilyV4, "10.0.0.0/8", 2, "10.1.0.1", 0), nlRoute(view.FamilyV4, "10.0.0.0/8", 2, "10.1.0.1", 0), true},
-		{"v4 default with and without Dst", nlRoute(view.FamilyV4, "0.0.0.0/0", 2, "10.1.0.1", 0),
-			netlink.Route{Family: view.FamilyV4, LinkIndex: 2, Gw: net.ParseIP("10.1.0.1"), Table: view.TableMain, Type: unix.RTN_UNICAST}, true},
+		{"fe80::/64 on two links", route(t, view.FamilyV6, "fe80::/64", 2, "", 256), route(t, view.FamilyV6, "fe80::/64", 3, "", 256), false},
+		{"same prefix, two metrics", route(t, view.FamilyV4, "10.0.0.0/8", 2, "", 10), route(t, view.FamilyV4, "10.0.0.0/8", 2, "", 20), false},
+		{"identical", route(t, view.FamilyV4, "10.0.0.0/8", 2, "10.1.0.1", 0), route(t, view.FamilyV4, "10.0.0.0/8", 2, "10.1.0.1", 0), true},
+		{"v4 default with and without RTA_DST", route(t, view.FamilyV4, "0.0.0.0/0", 2, "10.1.0.1", 0), route(t, view.FamilyV4, "", 2, "10.1.0.1", 0), true},
+		// IPv6 keys a route by its source prefix too (subtrees): two
+		// defaults from two prefixes through one gateway are two routes.
+		{"v6 defaults from two source prefixes", fromRoute(t, "2001:db8:1::"), fromRoute(t, "2001:db8:2::"), false},
+		{"v6 default from a prefix and from any", fromRoute(t, "2001:db8:1::"), route(t, view.FamilyV6, "", 2, "fe80::1", 1024), false},
+		{"v4 via two inet6 gateways", mustDecode(t, routeBytes(unix.RTM_NEWROUTE, 0, view.FamilyV4, "10.1.0.0/16", 2, "", 0, via(view.FamilyV6, "fe80::1"))),
+			mustDecode(t, routeBytes(unix.RTM_NEWROUTE, 0, view.FamilyV4, "10.1.0.0/16", 2, "", 0, via(view.FamilyV6, "fe80::2"))), false},
+		{"two nexthop objects", mustDecode(t, routeBytes(unix.RTM_NEWROUTE, 0, view.FamilyV4, "10.3.0.0/16", 2, "10.1.0.1", 0, attr(rtaNHID, u32(1)))),
+			mustDecode(t, routeBytes(unix.RTM_NEWROUTE, 0, view.FamilyV4, "10.3.0.0/16", 2, "10.1.0.1", 0, attr(rtaNHID, u32(2)))), false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			ra, ka, oka := routeFromNetlink(tc.a)
-			_, kb, okb := routeFromNetlink(tc.b)
-			if !oka || !okb {
+			if !tc.a.keep || !tc.b.keep {
 				t.Fatal("route dropped")
 			}
-			if got := ka == kb; got != tc.same {
-				t.Errorf("same key = %v, want %v (%+v vs %+v)", got, tc.same, ka, kb)
+			if got := tc.a.key == tc.b.key; got != tc.same {
+				t.Errorf("same key = %v, want %v (%+v vs %+v)", got, tc.same, tc.a.key, tc.b.key)
 			}
-			if !ra.Dst.IsValid() {
+			if !tc.a.route.Dst.IsValid() {
 				t.Errorf("Dst invalid")
 			}
 		})
 	}
-	if _, _, ok := routeFromNetlink(netlink.Route{Family: view.FamilyV6, Flags: unix.RTM_F_CLONED}); ok {
+	if m := mustDecode(t, routeBytes(unix.RTM_NEWROUTE, unix.RTM_F_CLONED, view.FamilyV6, "fd00::/64", 2, "", 0)); m.keep {
 		t.Error("cloned route kept")
 	}
-	if _, _, ok := routeFromNetlink(netlink.Route{Family: 128 /* RTNL_FAMILY_IPMR */}); ok {
+	if m := mustDecode(t, routeBytes(unix.RTM_NEWROUTE, 0, 128 /* RTNL_FAMILY_IPMR */, "", 2, "", 0)); m.keep {
 		t.Error("multicast routing table route kept")
 	}
 }
@@ -70,55 +83,95 @@ func TestStateEvents(t *testing.T) {
 			l := *s.links[2]
 			s.setLink(&l)
 		}, false, false, false},
-		{"down re-lists routes and addresses", func(s *state) { s.setLink(upLink(2, 0)) }, true, true, true},
-		{"carrier loss re-lists routes and addresses", func(s *state) { s.setLink(upLink(2, view.FlagUp)) }, true, true, true},
-		// The case the address re-list is for: the link comes up (RUNNING)
-		// while a NEWADDR that preceded it may still be unread.
-		{"running re-lists addresses", func(s *state) {
+		{"down re-lists the routes through it", func(s *state) {
+			s.apply(ptr(route(t, view.FamilyV4, "10.5.0.0/16", 2, "", 0)))
+			s.setLink(upLink(2, 0))
+		}, true, false, true},
+		{"carrier loss re-lists the routes through it", func(s *state) {
+			s.apply(ptr(route(t, view.FamilyV4, "10.5.0.0/16", 2, "", 0)))
 			s.setLink(upLink(2, view.FlagUp))
+		}, true, false, true},
+		{"down with no route through it re-lists nothing", func(s *state) { s.setLink(upLink(2, 0)) }, true, false, false},
+		{"carrier back clears linkdown flags silently", func(s *state) {
+			s.setLink(upLink(2, view.FlagUp))
+			m := route(t, view.FamilyV4, "10.5.0.0/16", 2, "", 0)
+			m.route.Flags |= unix.RTNH_F_LINKDOWN
+			s.apply(&m)
+			s.changed = false
+			s.setLink(upLink(2, up))
+		}, true, false, true},
+		// Messages come in the kernel's order: RUNNING after the addresses
+		// added before it needs no re-list of them.
+		{"running alone re-lists nothing", func(s *state) {
+			s.setLink(upLink(2, view.FlagUp|view.FlagLowerUp))
 			s.changed, s.relistAddrs, s.relistRoutes = false, false, false
 			s.setLink(upLink(2, up))
-		}, true, true, true},
+		}, true, false, false},
 		{"a flag the matcher ignores re-lists nothing", func(s *state) { s.setLink(upLink(2, up|0x1000)) }, true, false, false},
 		{"address on a known link", func(s *state) { s.setAddr(2, view.Addr{Prefix: p}) }, true, false, false},
-		{"address before its link", func(s *state) { s.setAddr(9, view.Addr{Prefix: p}) }, false, true, false},
+		{"address of a link a dump no longer had (replay)", func(s *state) { s.setAddr(9, view.Addr{Prefix: p}) }, false, false, false},
 		{"delete an unknown address", func(s *state) { s.delAddr(2, netip.MustParsePrefix("10.9.9.9/32")) }, false, false, false},
 		{"route through a known up link", func(s *state) {
-			r, k, _ := routeFromNetlink(nlRoute(view.FamilyV4, "10.5.0.0/16", 2, "", 0))
-			s.setRoute(k, r)
+			s.apply(ptr(route(t, view.FamilyV4, "10.5.0.0/16", 2, "", 0)))
 		}, true, false, false},
+		{"route through a down link (a local route of an address added while down)", func(s *state) {
+			s.setLink(upLink(2, 0))
+			s.changed = false
+			s.apply(ptr(route(t, view.FamilyV4, "10.5.0.2/32", 2, "", 0)))
+		}, true, false, false},
+		{"delete of a route a re-list dropped already", func(s *state) {
+			s.apply(ptr(route(t, view.FamilyV4, "10.5.0.0/16", 2, "", 0)))
+			s.replaceRoutes(nil)
+			s.changed = false
+			s.apply(ptr(mustDecode(t, routeBytes(unix.RTM_DELROUTE, 0, view.FamilyV4, "10.5.0.0/16", 2, "", 0))))
+		}, false, false, false},
 		{"route through an unknown link", func(s *state) {
-			r, k, _ := routeFromNetlink(nlRoute(view.FamilyV4, "10.5.0.0/16", 7, "", 0))
-			s.setRoute(k, r)
+			s.apply(ptr(route(t, view.FamilyV4, "10.5.0.0/16", 7, "", 0)))
+		}, true, false, true},
+		{"replace", func(s *state) {
+			m := route(t, view.FamilyV4, "10.5.0.0/16", 2, "", 0)
+			m.nlflags |= unix.NLM_F_REPLACE
+			s.apply(&m)
+		}, true, false, true},
+		{"IPv6 append", func(s *state) {
+			m := route(t, view.FamilyV6, "fd05::/64", 2, "", 0)
+			m.nlflags |= unix.NLM_F_APPEND
+			s.apply(&m)
 		}, true, false, true},
 		{"delete a route not in the view", func(s *state) {
-			_, k, _ := routeFromNetlink(nlRoute(view.FamilyV4, "10.6.0.0/16", 2, "", 0))
-			s.delRoute(k)
+			m := mustDecode(t, routeBytes(unix.RTM_DELROUTE, 0, view.FamilyV4, "10.6.0.0/16", 2, "", 0))
+			s.apply(&m)
 		}, false, false, true},
 		{"delete link drops its routes and addresses", func(s *state) {
 			s.setAddr(2, view.Addr{Prefix: p})
-			r, k, _ := routeFromNetlink(nlRoute(view.FamilyV4, "10.5.0.0/16", 2, "", 0))
-			s.setRoute(k, r)
+			s.apply(ptr(route(t, view.FamilyV4, "10.5.0.0/16", 2, "", 0)))
 			s.changed = false
 			s.delLink(2)
 			if len(s.routes) != 0 || len(s.addrs) != 0 {
 				t.Errorf("left routes %v addrs %v", s.routes, s.addrs)
 			}
+		}, true, false, false},
+		{"delete link re-lists routes when one is multipath", func(s *state) {
+			m := route(t, view.FamilyV4, "10.7.0.0/16", 0, "", 0)
+			m.multipath = true
+			s.setRoute(m.key, m.route, true)
+			s.changed = false
+			s.delLink(2)
 		}, true, false, true},
 		{"untied veth is read again", func(s *state) {
 			l := upLink(8, 0)
 			s.setLink(l)
-			if _, ok := s.requery[8]; !ok {
+			if _, ok := s.untied[8]; !ok {
 				t.Error("not marked for re-read")
 			}
 		}, true, false, false},
 		{"second end of a local pair re-reads the first", func(s *state) {
 			s.setLink(upLink(8, 0))
-			clear(s.requery)
+			clear(s.untied)
 			l := upLink(9, 0)
 			l.ParentIndex = 8
 			s.setLink(l)
-			if _, ok := s.requery[8]; !ok {
+			if _, ok := s.untied[8]; !ok {
 				t.Error("first end not marked for re-read")
 			}
 		}, true, false, false},
@@ -159,18 +212,4 @@ func TestNewLinkKeepsAddrsAndPeer(t *testing.T) {
 	}
 }
 
-func FuzzPrefixFromIPNet(f *testing.F) {
-	f.Add([]byte{10, 0, 0, 1}, []byte{255, 255, 255, 0})
-	f.Add([]byte(net.ParseIP("fe80::1").To16()), []byte(net.CIDRMask(64, 128)))
-	f.Add([]byte(net.ParseIP("10.0.0.1").To16()), []byte(net.CIDRMask(8, 32)))
-	f.Fuzz(func(t *testing.T, ip, mask []byte) {
-		p, ok := prefixFromIPNet(&net.IPNet{IP: ip, Mask: mask})
-		if !ok {
-			return
-		}
-		ones, bits := net.IPMask(mask).Size()
-		if p.Bits() != ones || p.Addr().BitLen() != bits {
-			t.Errorf("%v/%v -> %v", net.IP(ip), net.IPMask(mask), p)
-		}
-	})
-}
+func ptr[T any](v T) *T { return &v }

@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
 
@@ -38,13 +39,14 @@ type env struct {
 	netmontest.Pair
 	bridge string
 	log    *logCounter
+	reg    *prometheus.Registry // the monitor's metrics: what it applied, skipped, resynced
 }
 
 const gateway = "172.27.0.1"
 
 func newEnv(b *testing.B) *env {
 	b.Helper()
-	e := &env{log: newLogCounter()}
+	e := &env{log: newLogCounter(), reg: prometheus.NewRegistry()}
 	e.Pair = netmontest.NewPair(b)
 	br := netmontest.AddBridge(b, e.Dockerd)
 	e.bridge = br.Name
@@ -66,6 +68,7 @@ func (e *env) start(b *testing.B, sb hotplug.Sandbox) *shimhook.Monitor {
 	// it never exits while the monitor runs).
 	cfg.HypervisorPID = os.Getpid()
 	cfg.Log = e.log.entry
+	cfg.Registerer = e.reg
 	m, err := shimhook.Start(context.Background(), cfg)
 	if err != nil || m == nil {
 		b.Fatalf("shimhook.Start = %v, %v", m, err)
@@ -124,6 +127,27 @@ func (s sandbox) waitRemoved(b *testing.B, mac net.HardwareAddr) {
 
 // callCount is how many calls the sandbox has received.
 func (s sandbox) callCount() int { return len(s.Calls()) }
+
+// counter returns the sum of a counter family of the monitor's metrics
+// (all label values); 0 when the family is absent (an older monitor
+// without it).
+func (e *env) counter(b *testing.B, name string) float64 {
+	b.Helper()
+	mfs, err := e.reg.Gather()
+	if err != nil {
+		b.Fatalf("gather metrics: %v", err)
+	}
+	var sum float64
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			sum += m.GetCounter().GetValue()
+		}
+	}
+	return sum
+}
 
 // logCounter counts the monitor's log messages (resyncs, errors).
 type logCounter struct {

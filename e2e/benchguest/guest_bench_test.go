@@ -46,7 +46,7 @@ func BenchmarkGuest(b *testing.B) {
 	net2 := env.MustCreateNetwork(b, "knm-bench-b", "--subnet", net2Subnet)
 	n := rounds()
 	var report strings.Builder
-	fmt.Fprintf(&report, "\n%d rounds; TCG guest, 2 host cores; durations p50 / max (signed: negative = before the reference)\n", n)
+	fmt.Fprintf(&report, "\n%d rounds; TCG guest, 2 host cores; durations p50 / p99 (nearest rank) / max (signed: negative = before the reference)\n", n)
 	fmt.Fprintf(&report, "sandbox: katasim as %s; the upstream rows emulate Kata 4.1's RescanNetwork on it\n", benchOptions().Describe())
 
 	b.Run("ConnectDisconnect", func(b *testing.B) {

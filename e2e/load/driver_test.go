@@ -3,6 +3,7 @@
 package load
 
 import (
+	"bufio"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -25,6 +26,13 @@ type driverConfig struct {
 	Hold      time.Duration // how long each endpoint lives once configured
 	Gap       time.Duration // pause between two endpoints of a sandbox
 	Stagger   time.Duration // the sandboxes' first endpoints spread over this
+	// AckWait: after an endpoint's last step, the driver waits for the
+	// parent to say (a "sandbox cycle" line on stdin) that the monitor
+	// attached it, at most this long, before Hold starts: an endpoint is
+	// never deleted before its monitor could attach it, however slow the
+	// machine is (a timed hold alone made a stall look like a lost
+	// endpoint).
+	AckWait time.Duration
 }
 
 // driverEvent is one line of the driver's stdout.
@@ -33,8 +41,10 @@ type driverEvent struct {
 	Cycle   int    `json:"cycle"`
 	MAC     string `json:"mac,omitempty"`
 	Name    string `json:"name,omitempty"`
+	Index   int    `json:"idx,omitempty"`      // the sandbox end's ifindex, in the sandbox netns
 	Ready   int64  `json:"ready_ns,omitempty"` // CLOCK_MONOTONIC right before the last step (up)
 	Removed bool   `json:"removed,omitempty"`
+	NoAck   bool   `json:"no_ack,omitempty"` // not acknowledged within AckWait
 	Err     string `json:"err,omitempty"`
 }
 
@@ -73,11 +83,25 @@ func driverMain(path string) int {
 		defer mu.Unlock()
 		_ = enc.Encode(ev)
 	}
+	// acks[i] receives the cycles of sandbox i the parent saw attached.
+	acks := make([]chan int, len(cfg.Sandboxes))
+	for i := range acks {
+		acks[i] = make(chan int, cfg.Cycles)
+	}
+	go func() {
+		sc := bufio.NewScanner(os.Stdin)
+		for sc.Scan() {
+			var sb, cycle int
+			if _, err := fmt.Sscan(sc.Text(), &sb, &cycle); err == nil && sb >= 0 && sb < len(acks) {
+				acks[sb] <- cycle
+			}
+		}
+	}()
 	var wg sync.WaitGroup
 	for i, p := range cfg.Sandboxes {
 		wg.Go(func() {
 			time.Sleep(cfg.Stagger * time.Duration(i) / time.Duration(len(cfg.Sandboxes)))
-			if err := driveSandbox(cfg, i, p, dns, emit); err != nil {
+			if err := driveSandbox(cfg, i, p, dns, emit, acks[i]); err != nil {
 				emit(driverEvent{Sandbox: i, Err: err.Error()})
 			}
 		})
@@ -86,7 +110,7 @@ func driverMain(path string) int {
 	return 0
 }
 
-func driveSandbox(cfg driverConfig, i int, path string, dns netns.NsHandle, emit func(driverEvent)) error {
+func driveSandbox(cfg driverConfig, i int, path string, dns netns.NsHandle, emit func(driverEvent), acks <-chan int) error {
 	sns, err := netns.GetFromPath(path)
 	if err != nil {
 		return err
@@ -142,7 +166,23 @@ func driveSandbox(cfg driverConfig, i int, path string, dns netns.NsHandle, emit
 		if err := sh.LinkSetUp(sl); err != nil {
 			return err
 		}
-		emit(driverEvent{Sandbox: i, Cycle: c, MAC: mac.String(), Name: "eth0", Ready: ready})
+		emit(driverEvent{Sandbox: i, Cycle: c, MAC: mac.String(), Name: "eth0", Index: sl.Attrs().Index, Ready: ready})
+		if cfg.AckWait > 0 {
+			t := time.NewTimer(cfg.AckWait)
+		wait:
+			for {
+				select {
+				case got := <-acks:
+					if got == c {
+						break wait
+					}
+				case <-t.C:
+					emit(driverEvent{Sandbox: i, Cycle: c, MAC: mac.String(), NoAck: true})
+					break wait
+				}
+			}
+			t.Stop()
+		}
 		time.Sleep(cfg.Hold)
 		if err := dh.LinkDel(hl); err != nil {
 			return err

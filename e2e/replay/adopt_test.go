@@ -53,12 +53,16 @@ func TestNeverAttached(t *testing.T) {
 
 	// Wait until the monitor has seen all three in their final state,
 	// then add a real endpoint: once it is attached, the reconciler has
-	// had its chance at the others.
+	// had its chance at the others. The lone veth's peer facts are final
+	// only once netmon stops re-reading them (view.Peer.Rechecking, its
+	// 2 s window): until then a peer on no bridge may still be enslaved,
+	// as Docker does a moment after configuring the sandbox end, and the
+	// matcher keeps it pending.
 	ready := func(l *view.Link) bool { return l.Up() && l.Running() && len(l.Addrs) > 0 }
-	snap := mon.WaitView(t, waitTimeout, "tap, ifb and lone veth configured", func(s *view.Snapshot) bool {
+	snap := mon.WaitView(t, waitTimeout, "tap, ifb and lone veth configured, its peer facts final", func(s *view.Snapshot) bool {
 		l := s.LinkByName("eth5")
 		return direct.LinkState("tap0_kata", ready)(s) && direct.LinkState(ifb.Name, ready)(s) &&
-			l != nil && ready(l) && l.Peer != nil && l.Peer.State == view.PeerResolved
+			l != nil && ready(l) && l.Peer != nil && l.Peer.State == view.PeerResolved && !l.Peer.Rechecking
 	})
 	for _, name := range []string{"tap0_kata", ifb.Name, "eth5"} {
 		d := matcher.Classify(snap.LinkByName(name))

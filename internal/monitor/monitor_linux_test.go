@@ -188,6 +188,7 @@ func TestReconcilerPanicRestarts(t *testing.T) {
 type countObserver struct{ panics atomic.Int32 }
 
 func (o *countObserver) EventSeen(string)                         {}
+func (o *countObserver) Undecodable(string)                       {}
 func (o *countObserver) Resynced()                                {}
 func (o *countObserver) SandboxCall(string, time.Duration, error) {}
 func (o *countObserver) GuestNICs(int)                            {}

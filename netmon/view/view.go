@@ -93,8 +93,12 @@ type Route struct {
 	Scope     int // RT_SCOPE_*
 	Type      int // RTN_* (1 unicast)
 	Priority  int // the metric (RTA_PRIORITY)
-	Flags     int // RTNH_F_* (onlink, ...)
-	MTU       int
+	// Flags are the RTNH_F_* flags in rtm_flags: onlink (RTNH_F_ONLINK),
+	// and those the kernel sets itself, linkdown (the output device has no
+	// carrier) and dead. Those of a one-hop multipath route's hop are
+	// included.
+	Flags int
+	MTU   int
 
 	// Via is the gateway when it is of the other family (RTA_VIA: an IPv4
 	// route through an IPv6 next hop); zero when none. Gateway is then zero.
@@ -105,11 +109,15 @@ type Route struct {
 	SrcPrefix netip.Prefix
 	// Hops is the number of next hops of a multipath route (RTA_MULTIPATH);
 	// 0 for a route with one next hop. A multipath route with one hop is
-	// kept as a plain route (Hops 1, LinkIndex and Gateway that hop's);
-	// with several, LinkIndex and Gateway are those of the first hop.
+	// kept as a plain route (Hops 1, LinkIndex, Gateway or Via, and Flags
+	// that hop's); with several, LinkIndex and Gateway or Via are those of
+	// the first hop.
 	Hops int
 	// NHID is the nexthop object the route uses (RTA_NH_ID: `ip route add
-	// ... nhid N`); 0 when none. Its next hops are not in the route.
+	// ... nhid N`); 0 when none. With the kernel's default
+	// net.ipv4.nexthop_compat_mode (1) the object's next hops come with
+	// the route as well, read as above (LinkIndex and Gateway, or Hops);
+	// with 0 they do not, and LinkIndex is 0.
 	NHID int
 }
 
@@ -165,6 +173,13 @@ type Peer struct {
 	PointsBack  bool   // a veth whose IFLA_LINK is this link and whose link-netnsid names the watched netns
 	MasterIndex int    // its master there; 0 when none
 	MasterKind  string // the master's kind ("bridge" for Docker's docker0 / br-*)
+
+	// Rechecking: these facts are not yet those of a Docker endpoint but
+	// may become so with no change in the watched netns (a veth peer that
+	// points back but is on no bridge yet, a read that failed), and netmon
+	// reads them again on a schedule of its own. False once they are
+	// final, or the schedule ended without them settling.
+	Rechecking bool
 }
 
 // Snapshot is an immutable copy of the view. Callers must not modify it.
