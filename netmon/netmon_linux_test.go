@@ -2,6 +2,7 @@ package netmon_test
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -18,13 +19,17 @@ import (
 	"github.com/kata-netmon/kata-netmon/netmon/view"
 
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
 	"github.com/vishvananda/netns"
 	"go.uber.org/goleak"
 	"golang.org/x/sys/unix"
 
+	"github.com/kata-netmon/kata-netmon/internal/nsfs"
 	"github.com/kata-netmon/kata-netmon/netmon"
 	"github.com/kata-netmon/kata-netmon/netmon/netmontest"
 )
+
+var native = binary.NativeEndian
 
 func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
@@ -547,11 +552,54 @@ func TestScanCacheRevalidated(t *testing.T) {
 		ep.Close()
 		netmontest.DeleteNetNS(t, path)
 		waitView(t, m, "veth gone with its peer netns", func(s *view.Snapshot) bool { return s.Links[ep.Index] == nil })
+		// The kernel frees the id when the dead netns is cleaned up (a
+		// work queue, later) and then hands out the lowest free id: wait
+		// for the id to be free, so that the next round reuses it.
+		for deadline := time.Now().Add(waitTimeout); nsidInUse(t, e.SandboxPath, l.LinkNetNSID); time.Sleep(time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("link-netnsid %d still in use %v after its netns was deleted", l.LinkNetNSID, waitTimeout)
+			}
+		}
 	}
 	t.Logf("link-netnsids used: %v", ids)
 	if len(ids) == 3 {
-		t.Log("the kernel did not reuse an id; the cache was not put to the test")
+		t.Fatal("the kernel did not reuse a freed id: the cache was not put to the test")
 	}
+}
+
+// nsidInUse reports whether the netns at path has id assigned to a peer
+// netns (an RTM_GETNSID dump read in that netns).
+func nsidInUse(t *testing.T, path string, id int) bool {
+	t.Helper()
+	var found bool
+	err := nsfs.DoPath(path, func() error {
+		req := nl.NewNetlinkRequest(unix.RTM_GETNSID, unix.NLM_F_DUMP)
+		req.AddData(nl.NewRtGenMsg())
+		msgs, err := req.Execute(unix.NETLINK_ROUTE, unix.RTM_NEWNSID)
+		if err != nil {
+			return err
+		}
+		for _, m := range msgs {
+			const hdr = 4 // struct rtgenmsg, aligned
+			if len(m) < hdr {
+				continue
+			}
+			attrs, err := nl.ParseRouteAttr(m[hdr:])
+			if err != nil {
+				return err
+			}
+			for _, a := range attrs {
+				if a.Attr.Type == unix.NETNSA_NSID && len(a.Value) == 4 && int(int32(native.Uint32(a.Value))) == id {
+					found = true
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("RTM_GETNSID dump in %s: %v", path, err)
+	}
+	return found
 }
 
 func TestMacvlanParentInDockerdNetNS(t *testing.T) {
