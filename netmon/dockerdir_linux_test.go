@@ -115,6 +115,16 @@ func TestPeerInDockerOwnedNetNS(t *testing.T) {
 		t.Errorf("peer = %+v, want %+v with a master", *l.Peer, want)
 	}
 
+	// A second endpoint of the same network: its id is found in the cache
+	// (re-opened and re-checked) rather than by a new scan.
+	ep3 := netmontest.VethToNetNS(t, ov.DockerdNS, e.SandboxNS, brName)
+	ep3.Rename("eth2")
+	waitLink(t, m, ep3.Index, "second peer resolved in the Docker-owned netns", func(l *view.Link) bool {
+		p := l.Peer
+		return l.Name == "eth2" && p != nil && p.State == view.PeerResolved && p.Home == view.HomeDockerOwned &&
+			p.NetNS == bound && p.Name == ep3.HostName && p.PointsBack && p.MasterKind == "bridge"
+	})
+
 	// Control: the same setup in a netns that is not under the directory.
 	_, other, otherBr := overlayNetNS(t)
 	ep2 := netmontest.VethToNetNS(t, other.DockerdNS, e.SandboxNS, otherBr)

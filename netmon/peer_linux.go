@@ -10,6 +10,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // resolver reads peer facts: which netns a link-netnsid names, as the
@@ -46,8 +47,9 @@ type resolver struct {
 
 // cached is where a link-netnsid pointed when last scanned.
 type cached struct {
-	path string
-	id   nsfs.ID
+	path  string
+	id    nsfs.ID
+	inDir bool // an entry of Docker's netns directory: re-opened like scanDir opens it
 }
 
 func newResolver(log *logrus.Entry, watched, dockerd *nsfs.File, dir string, scan bool) *resolver {
@@ -185,7 +187,11 @@ func (r *resolver) openCached(wh *netlink.Handle, cache map[int]cached, id int) 
 	if !ok {
 		return nil, false
 	}
-	f, err := nsfs.OpenQuiet(e.path)
+	open := nsfs.OpenQuiet
+	if e.inDir {
+		open = openDirEntry
+	}
+	f, err := open(e.path)
 	if err != nil {
 		delete(cache, id)
 		return nil, false
@@ -262,11 +268,7 @@ func (r *resolver) scanDir(wh *netlink.Handle) map[int]cached {
 	skip := map[nsfs.ID]bool{r.watched.ID(): true, r.dockerd.ID(): true}
 	for _, e := range ents {
 		p := filepath.Join(r.dir, e.Name())
-		if !e.Type().IsRegular() {
-			r.log.WithFields(logrus.Fields{"path": p, "type": e.Type().String()}).Debug("not a netns file; skipped")
-			continue
-		}
-		f, err := nsfs.OpenAt(int(d.Fd()), e.Name(), p)
+		f, err := openAt(int(d.Fd()), e.Name(), p)
 		if err != nil {
 			r.log.WithError(err).WithField("path", p).Debug("cannot open netns file; skipped")
 			continue
@@ -274,11 +276,37 @@ func (r *resolver) scanDir(wh *netlink.Handle) map[int]cached {
 		if k := f.ID(); !skip[k] {
 			skip[k] = true
 			if id, err := wh.GetNetNsIdByFd(f.FD()); err == nil && id >= 0 {
-				cache[id] = cached{path: p, id: k}
+				cache[id] = cached{path: p, id: k, inDir: true}
 			}
 		}
 		f.Close()
 	}
 	r.log.WithFields(logrus.Fields{"dir": r.dir, "ids": len(cache)}).Debug("scanned Docker's netns directory for link-netnsids")
 	return cache
+}
+
+// openDirEntry opens path, an entry of Docker's netns directory, as scanDir
+// does.
+func openDirEntry(path string) (*nsfs.File, error) {
+	dir, name := filepath.Split(path)
+	dfd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, &os.PathError{Op: "open", Path: dir, Err: err}
+	}
+	defer unix.Close(dfd)
+	return openAt(dfd, name, path)
+}
+
+// openAt opens name in the directory dirfd as a network namespace (nsfs
+// checked) if it is a regular file (an nsfs bind mount stats as one), not
+// following a symlink: opening a FIFO would block.
+func openAt(dirfd int, name, path string) (*nsfs.File, error) {
+	var st unix.Stat_t
+	if err := unix.Fstatat(dirfd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		return nil, &os.PathError{Op: "stat", Path: path, Err: err}
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return nil, fmt.Errorf("netns %q: %w (mode %#o)", path, nsfs.ErrNotNetNS, st.Mode&unix.S_IFMT)
+	}
+	return nsfs.OpenAt(dirfd, name, path)
 }
