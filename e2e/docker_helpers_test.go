@@ -678,7 +678,9 @@ func dkStartMonitor(t *testing.T, d *dkDocker, pid int) *dkMon {
 // the container's real containerd bundle and OCI spec (namespace left empty,
 // so the bundle path must show it is Docker's), the sandbox's netns by
 // process (as /proc/<hypervisor pid>/ns/net) and that process's exit watched.
-func dkStartShimhook(t *testing.T, d *dkDocker, ctr string, pid int) *dkMon {
+// Peers are accepted in dockerd's netns and its netns directory; mods, if
+// any, change the settings after that.
+func dkStartShimhook(t *testing.T, d *dkDocker, ctr string, pid int, mods ...func(*shimhook.Settings)) *dkMon {
 	t.Helper()
 	c := d.MustInspectContainer(t, ctr)
 	bundles, _ := filepath.Glob(filepath.Join(d.Dir(), "containerd", "state", "io.containerd.runtime.v2.task", "*", c.ID))
@@ -704,6 +706,10 @@ func dkStartShimhook(t *testing.T, d *dkDocker, ctr string, pid int) *dkMon {
 	settings.DockerdNetNS = d.NetNSPath()
 	settings.ReadyTimeout = dkTimeout
 	settings.FailStartOnAttachError = true
+	settings.DockerNetNSDir = d.NetNSDir()
+	for _, mod := range mods {
+		mod(&settings)
+	}
 	ctx, cancel := context.WithTimeout(t.Context(), dkTimeout+10*time.Second)
 	defer cancel()
 	start := time.Now()
