@@ -110,10 +110,12 @@ func peerProblem(l *view.Link) (reason string, pending bool) {
 	case view.PeerSameNetNS:
 		return "peer is in the sandbox netns itself", false
 	case view.PeerForeignNetNS:
+		// Rechecking: netmon looks for the id in Docker's netns
+		// directory again (a netns bind-mounted there later).
 		if p.NetNS != "" {
-			return fmt.Sprintf("peer netns %s is not dockerd's", p.NetNS), false
+			return fmt.Sprintf("peer netns %s is not dockerd's nor Docker's", p.NetNS), p.Rechecking
 		}
-		return fmt.Sprintf("peer netns id %d is not dockerd's", l.LinkNetNSID), false
+		return fmt.Sprintf("peer netns id %d is not dockerd's nor Docker's", l.LinkNetNSID), p.Rechecking
 	case view.PeerError:
 		return "peer facts unreadable: " + p.Err, p.Rechecking
 	case view.PeerResolved:
@@ -121,13 +123,22 @@ func peerProblem(l *view.Link) (reason string, pending bool) {
 		return fmt.Sprintf("peer state %v", p.State), false
 	}
 	if !p.Found {
-		return fmt.Sprintf("peer ifindex %d not found in dockerd's netns", l.ParentIndex), false
+		return fmt.Sprintf("peer ifindex %d not found in %s netns %s", l.ParentIndex, p.Home, p.NetNS), false
 	}
 	if l.Kind == "macvlan" {
 		// A macvlan's IFLA_LINK is its parent; there is no peer to
-		// check back.
+		// check back. Docker's macvlan driver takes the
+		// parent in dockerd's netns; no Docker driver puts one in a
+		// netns of its own.
+		if p.Home == view.HomeDockerOwned {
+			return fmt.Sprintf("macvlan parent %q is in Docker-owned netns %s, not dockerd's", p.Name, p.NetNS), false
+		}
 		return "", false
 	}
+	// A veth: its peer is in dockerd's netns (bridge driver), or in a netns
+	// Docker owns (overlay driver: the peer sits on bridge br0 in the
+	// network's own netns, <exec-root>/netns/1-<network id>). Either way
+	// it must point back and be enslaved to a bridge.
 	switch {
 	case p.Kind != "veth":
 		return fmt.Sprintf("peer %q is a %s, not a veth", p.Name, p.Kind), false

@@ -64,6 +64,21 @@ func readyVeth() *view.Link {
 	}
 }
 
+// readyOverlay is a Docker overlay endpoint as a real Docker 29 swarm made
+// it: eth0 (MTU 1450) whose peer veth1 sits on bridge br0 in the overlay
+// network's own netns, which dockerd bind-mounted as 1-<network id> in its
+// netns directory (moby daemon/libnetwork/drivers/overlay/ov_network.go:
+// initSandbox, joinleave.go: Join).
+func readyOverlay() *view.Link {
+	l := readyVeth()
+	l.MTU = 1450
+	l.ParentIndex, l.LinkNetNSID = 15, 1
+	l.Addrs = []view.Addr{addr("10.0.1.3/24")}
+	l.Peer = &view.Peer{State: view.PeerResolved, Home: view.HomeDockerOwned, NetNS: "/run/docker/netns/1-z94n0wz9xl",
+		Found: true, Name: "veth1", Kind: "veth", PointsBack: true, MasterIndex: 2, MasterKind: "bridge"}
+	return l
+}
+
 // readyMacvlan is a Docker macvlan endpoint: IFLA_LINK is its parent in the
 // host netns; there is no peer to point back.
 func readyMacvlan() *view.Link {
@@ -146,15 +161,23 @@ func TestClassifyIgnored(t *testing.T) {
 		{"peer does not point back", with(readyVeth, func(l *view.Link) { l.Peer.PointsBack = false }), matcher.Ignored, "does not point back"},
 		{"peer on no bridge (final: netmon stopped re-reading)", with(readyVeth, func(l *view.Link) { l.Peer.MasterIndex, l.Peer.MasterKind = 0, "" }), matcher.Ignored, "on no bridge"},
 		// Final verdicts stay final even while netmon re-reads.
-		{"peer in a foreign netns, rechecking", with(readyVeth, func(l *view.Link) {
-			l.Peer = &view.Peer{State: view.PeerForeignNetNS, NetNS: "/run/netns/other", Rechecking: true}
-		}), matcher.Ignored, "not dockerd's"},
 		{"peer not a veth, rechecking", with(readyVeth, func(l *view.Link) { l.Peer.Kind, l.Peer.Rechecking = "bridge", true }), matcher.Ignored, "not a veth"},
 		{"peer master is a bond", with(readyVeth, func(l *view.Link) { l.Peer.MasterKind = "bond" }), matcher.Ignored, "not a bridge"},
 		{"macvlan parent in a foreign netns", with(readyMacvlan, func(l *view.Link) {
 			l.Peer = &view.Peer{State: view.PeerForeignNetNS, NetNS: "/run/netns/x"}
 		}), matcher.Ignored, "not dockerd's"},
 		{"macvlan parent not found", with(readyMacvlan, func(l *view.Link) { l.Peer.Found = false }), matcher.Ignored, "not found"},
+		// A netns Docker owns (overlay) holds veth peers on a bridge,
+		// never a macvlan parent, and the same checks as in dockerd's
+		// apply there.
+		{"macvlan parent in a Docker-owned netns", with(readyMacvlan, func(l *view.Link) {
+			l.Peer.Home, l.Peer.NetNS = view.HomeDockerOwned, "/run/docker/netns/1-z94n0wz9xl"
+		}), matcher.Ignored, "Docker-owned netns"},
+		{"overlay peer not found", with(readyOverlay, func(l *view.Link) { l.Peer.Found = false }), matcher.Ignored, "not found in docker-owned netns /run/docker/netns/1-z94n0wz9xl"},
+		{"overlay peer not a veth", with(readyOverlay, func(l *view.Link) { l.Peer.Kind = "vxlan" }), matcher.Ignored, "not a veth"},
+		{"overlay peer does not point back", with(readyOverlay, func(l *view.Link) { l.Peer.PointsBack = false }), matcher.Ignored, "does not point back"},
+		{"overlay peer on no bridge", with(readyOverlay, func(l *view.Link) { l.Peer.MasterIndex, l.Peer.MasterKind = 0, "" }), matcher.Ignored, "on no bridge"},
+		{"overlay peer enslaved to a bond", with(readyOverlay, func(l *view.Link) { l.Peer.MasterKind = "bond" }), matcher.Ignored, "not a bridge"},
 		{"ipvlan (kind not handled)", with(readyMacvlan, func(l *view.Link) { l.Kind = "ipvlan" }), matcher.Ignored, `kind "ipvlan"`},
 	})
 }
@@ -191,6 +214,20 @@ func TestClassifyPendingAndReady(t *testing.T) {
 		{"peer error, rechecking", with(readyVeth, func(l *view.Link) {
 			l.Peer = &view.Peer{State: view.PeerError, Err: "EMFILE", Rechecking: true}
 		}), matcher.Pending, "unreadable: EMFILE"},
+		// netmon searches Docker's netns directory again for an id not
+		// found there yet (a bind mount made after the link arrived).
+		{"peer in a foreign netns, rechecking", with(readyVeth, func(l *view.Link) {
+			l.LinkNetNSID = 4
+			l.Peer = &view.Peer{State: view.PeerForeignNetNS, Rechecking: true}
+		}), matcher.Pending, "netns id 4 is not dockerd's"},
+		{"overlay endpoint ready (peer on br0 in the network's netns)", readyOverlay, matcher.Ready, "ready"},
+		{"overlay peer on no bridge yet (rechecking)", with(readyOverlay, func(l *view.Link) {
+			l.Peer.MasterIndex, l.Peer.MasterKind, l.Peer.Rechecking = 0, "", true
+		}), matcher.Pending, "on no bridge yet"},
+		{"overlay peer unreadable, rechecking", with(readyOverlay, func(l *view.Link) {
+			l.Peer = &view.Peer{State: view.PeerError, Home: view.HomeDockerOwned, NetNS: l.Peer.NetNS, Err: "EMFILE", Rechecking: true}
+		}), matcher.Pending, "unreadable: EMFILE"},
+		{"veth peer in a scanned netns (watch command)", with(readyVeth, func(l *view.Link) { l.Peer.Home = view.HomeScanned }), matcher.Ready, "ready"},
 		{"macvlan ready, parent any kind, no point-back", readyMacvlan, matcher.Ready, "ready"},
 		{"macvlan parent is a bridge", with(readyMacvlan, func(l *view.Link) { l.Peer.Kind = "bridge" }), matcher.Ready, "ready"},
 		{"macvlan untied", with(readyMacvlan, func(l *view.Link) { l.ParentIndex, l.Peer = 0, nil }), matcher.Pending, "peer not tied yet"},

@@ -22,6 +22,14 @@ type Config struct {
 	// parents of the watched links (dockerd's). "" means the caller's own
 	// netns: in the shim that is the host netns, which dockerd shares.
 	DockerdNetNS string
+	// DockerNetNSDir is Docker's netns directory (<exec-root>/netns:
+	// /run/docker/netns by default), where dockerd bind-mounts the netns it
+	// creates: container sandboxes and each overlay network's own netns
+	// ("1-<network id>"), which holds the endpoint's peer on its bridge
+	// br0. A link-netnsid that is not dockerd's is looked up among the netns
+	// files directly in it, and a netns found there is accepted as a peer
+	// netns (view.HomeDockerOwned). "" accepts none.
+	DockerNetNSDir string
 	// ScanNetNS resolves link-netnsids among the named (/run/netns/*) and
 	// process (/proc/*/ns/net) netns too, and accepts any netns found that
 	// way as a peer netns. For the watch command and tests only. When false,

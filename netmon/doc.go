@@ -64,8 +64,11 @@
 // (view.PeerSameNetNS). Otherwise the id is resolved as the watched netns
 // sees it: RTM_GETNSID by fd, asked through sockets in the watched netns,
 // first for dockerd's netns (asked once: an id stays while both netns
-// live), then (ScanNetNS only) for /run/netns/* and /proc/*/ns/net,
-// deduplicated by nsfs dev/inode. Scanned ids are cached; since ids are
+// live), then (DockerNetNSDir set) for the netns files directly in Docker's
+// netns directory, where the overlay driver keeps each network's netns
+// with the peer on its bridge br0 (view.HomeDockerOwned), then (ScanNetNS
+// only) for /run/netns/* and /proc/*/ns/net, deduplicated by nsfs
+// dev/inode. Scanned ids are cached; since ids are
 // reused once a netns dies, a cached entry is re-opened and re-checked
 // (same dev/inode, same id) on every use, and a miss rescans. The peer is
 // then read with sockets in its netns (cached for dockerd's, with the kinds
@@ -78,7 +81,8 @@
 // RTM_NEWLINKs of a link do not trigger one. netmon does not watch the
 // peer's netns. Facts that are not yet those of an endpoint but may become
 // so there (a veth peer that points back but is on no bridge yet, a read
-// that failed) are read again 5, 15, 35, 75 ... ms later, at most every
+// that failed, a veth peer in a netns not found in Docker's netns
+// directory yet) are read again 5, 15, 35, 75 ... ms later, at most every
 // 250 ms, for 2 s, with view.Peer.Rechecking set meanwhile; once that
 // ends, the next message about the link starts it again.
 //

@@ -334,7 +334,7 @@ func (m *Monitor) readUntied(idx int, now time.Time) {
 func (m *Monitor) readPeer(l *view.Link, now time.Time) {
 	p := m.res.resolve(m.wh, l)
 	if l.Kind != "veth" || l.ParentIndex != 0 { // an untied veth keeps the schedule of its re-reads
-		if settling(l.Kind, p) {
+		if settling(l.Kind, p, m.cfg.DockerNetNSDir != "") {
 			m.rechecks.add(l.Index, now)
 			if m.rechecks.expired(l.Index, now) {
 				m.rechecks.remove(l.Index)
@@ -356,17 +356,22 @@ func (m *Monitor) readPeer(l *view.Link, now time.Time) {
 
 // settling reports peer facts that are not yet those of an endpoint but
 // may become so with no message in the watched netns: a read that failed,
-// or a veth peer that points back but is on no bridge yet (its host end is
-// enslaved in dockerd's netns, which netmon does not watch). Facts that no
-// later change makes an endpoint (same netns, a foreign netns, a peer
-// that is not a veth or does not point back) are final.
-func settling(kind string, p *view.Peer) bool {
+// a veth peer that points back but is on no bridge yet (its host end is
+// enslaved in dockerd's netns, which netmon does not watch), or, when
+// Docker's netns directory is searched (dirScan), a veth peer in a netns
+// not found there yet (a bind mount made after the link arrived). Facts
+// that no later change makes an endpoint (same netns, a foreign netns
+// without dirScan, a peer that is not a veth or does not point back) are
+// final.
+func settling(kind string, p *view.Peer, dirScan bool) bool {
 	if p == nil {
 		return false
 	}
 	switch p.State {
 	case view.PeerError:
 		return true
+	case view.PeerForeignNetNS:
+		return dirScan && kind == "veth"
 	case view.PeerResolved:
 		return kind == "veth" && p.Found && p.Kind == "veth" && p.PointsBack && p.MasterIndex == 0
 	}

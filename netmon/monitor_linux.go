@@ -134,7 +134,7 @@ func New(cfg Config) (*Monitor, error) {
 		done:    make(chan struct{}),
 		snap:    &view.Snapshot{Links: map[int]*view.Link{}},
 		st:      newState(),
-		res:     newResolver(log, watched, dockerd, cfg.ScanNetNS),
+		res:     newResolver(log, watched, dockerd, cfg.DockerNetNSDir, cfg.ScanNetNS),
 
 		rechecks:   newRechecks(defaultRecheck),
 		resyncWarn: limiter{every: warnEvery},

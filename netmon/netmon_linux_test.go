@@ -425,11 +425,12 @@ func TestDockerSequence(t *testing.T) {
 		name string
 		cfg  func(*netmon.Config)
 		veth func(testing.TB, netns.NsHandle, netns.NsHandle, string) *netmontest.Endpoint
+		home view.PeerHome
 	}{
-		{"DockerdNetNS/moved", nil, netmontest.VethToNetNS},
-		{"DockerdNetNS/created-there", nil, netmontest.VethPeerInNetNS},
-		{"ScanNetNS/moved", scan, netmontest.VethToNetNS},
-		{"ScanNetNS/created-there", scan, netmontest.VethPeerInNetNS},
+		{"DockerdNetNS/moved", nil, netmontest.VethToNetNS, view.HomeDockerd},
+		{"DockerdNetNS/created-there", nil, netmontest.VethPeerInNetNS, view.HomeDockerd},
+		{"ScanNetNS/moved", scan, netmontest.VethToNetNS, view.HomeScanned},
+		{"ScanNetNS/created-there", scan, netmontest.VethPeerInNetNS, view.HomeScanned},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newEnv(t)
@@ -464,7 +465,7 @@ func TestDockerSequence(t *testing.T) {
 					findRoute(s, func(r view.Route) bool { return r.Default() && r.LinkIndex == ep.Index }) != nil
 			})
 			p := s.Links[ep.Index].Peer
-			want := view.Peer{State: view.PeerResolved, NetNS: e.DockerdPath, Found: true,
+			want := view.Peer{State: view.PeerResolved, Home: tc.home, NetNS: e.DockerdPath, Found: true,
 				Name: ep.HostName, Kind: "veth", PointsBack: true, MasterIndex: br.Index, MasterKind: "bridge"}
 			if p == nil || *p != want {
 				t.Errorf("peer = %+v\nwant   %+v", p, want)
@@ -518,8 +519,8 @@ func TestPeerForeignNetNS(t *testing.T) {
 			l := waitLink(t, m, ep.Index, "scanned peer", func(l *view.Link) bool {
 				return l.Name == "eth0" && l.Peer != nil && l.Peer.State == view.PeerResolved
 			})
-			if p := l.Peer; p.NetNS != otherPath || !p.Found || !p.PointsBack || p.MasterIndex != 0 {
-				t.Errorf("peer = %+v, want found in %s, pointing back, no master", p, otherPath)
+			if p := l.Peer; p.NetNS != otherPath || p.Home != view.HomeScanned || !p.Found || !p.PointsBack || p.MasterIndex != 0 {
+				t.Errorf("peer = %+v, want found in scanned %s, pointing back, no master", p, otherPath)
 			}
 		})
 	}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // resolver reads peer facts: which netns a link-netnsid names, as the
@@ -20,6 +21,7 @@ type resolver struct {
 	log     *logrus.Entry
 	watched *nsfs.File // owned by the Monitor; never closed here
 	dockerd *nsfs.File
+	dir     string // Docker's netns directory; "" when none is accepted
 	scan    bool
 
 	dh *netlink.Handle // sockets in dockerd's netns, opened on first use; closed by close
@@ -37,19 +39,21 @@ type resolver struct {
 	masterKinds map[int]string
 
 	// cache maps a link-netnsid (of the watched netns) to the netns it
-	// named when last scanned. Ids are reused once a netns dies, so an
-	// entry is re-validated on every use (see openCached).
-	cache map[int]cached
+	// named when last scanned, dirCache the same for the netns files in
+	// dir. Ids are reused once a netns dies, so an entry is re-validated on
+	// every use (see openCached).
+	cache, dirCache map[int]cached
 }
 
 // cached is where a link-netnsid pointed when last scanned.
 type cached struct {
-	path string
-	id   nsfs.ID
+	path  string
+	id    nsfs.ID
+	inDir bool // an entry of Docker's netns directory: re-opened like scanDir opens it
 }
 
-func newResolver(log *logrus.Entry, watched, dockerd *nsfs.File, scan bool) *resolver {
-	return &resolver{log: log, watched: watched, dockerd: dockerd, scan: scan, dockerdID: -1, backID: -1,
+func newResolver(log *logrus.Entry, watched, dockerd *nsfs.File, dir string, scan bool) *resolver {
+	return &resolver{log: log, watched: watched, dockerd: dockerd, dir: dir, scan: scan, dockerdID: -1, backID: -1,
 		masterKinds: map[int]string{}}
 }
 
@@ -88,26 +92,41 @@ func (r *resolver) resolve(wh *netlink.Handle, l *view.Link) *view.Peer {
 		}
 		return r.readPeer(r.dh, r.dockerd.Path(), l, &r.backID, r.masterKinds)
 	}
-	if !r.scan {
-		return &view.Peer{State: view.PeerForeignNetNS}
+	if r.dir != "" {
+		if ns, ok := r.find(wh, r.dirCache, id, r.scanDir); ok {
+			return r.readOther(ns, view.HomeDockerOwned, l)
+		}
 	}
+	if r.scan {
+		if ns, ok := r.find(wh, r.cache, id, r.rescan); ok {
+			return r.readOther(ns, view.HomeScanned, l)
+		}
+	}
+	return &view.Peer{State: view.PeerForeignNetNS}
+}
 
-	ns, ok := r.openCached(wh, id)
-	if !ok {
-		r.rescan(wh)
-		ns, ok = r.openCached(wh, id)
+// find returns the netns id names, from cache or, on a miss, after
+// rebuilding the cache with scan. The caller closes it.
+func (r *resolver) find(wh *netlink.Handle, cache map[int]cached, id int, scan func(*netlink.Handle) map[int]cached) (*nsfs.File, bool) {
+	if ns, ok := r.openCached(wh, cache, id); ok {
+		return ns, true
 	}
-	if !ok {
-		return &view.Peer{State: view.PeerForeignNetNS}
-	}
+	return r.openCached(wh, scan(wh), id)
+}
+
+// readOther reads l's peer in ns (a netns other than dockerd's, found by a
+// scan) through sockets opened there for this read, and closes ns.
+func (r *resolver) readOther(ns *nsfs.File, home view.PeerHome, l *view.Link) *view.Peer {
 	defer ns.Close()
 	h, err := newHandleAt(ns)
 	if err != nil {
-		return &view.Peer{State: view.PeerError, NetNS: ns.Path(), Err: err.Error()}
+		return &view.Peer{State: view.PeerError, Home: home, NetNS: ns.Path(), Err: err.Error()}
 	}
 	defer h.Close()
 	back := -1
-	return r.readPeer(h, ns.Path(), l, &back, nil)
+	p := r.readPeer(h, ns.Path(), l, &back, nil)
+	p.Home = home
+	return p
 }
 
 // readPeer reads the link at l.ParentIndex through h (sockets in the netns
@@ -160,34 +179,39 @@ func (r *resolver) readPeer(h *netlink.Handle, path string, l *view.Link, back *
 	return p
 }
 
-// openCached opens the cached netns for id and checks that it still is the
-// same netns and that the watched netns still gives it that id.
-func (r *resolver) openCached(wh *netlink.Handle, id int) (*nsfs.File, bool) {
-	e, ok := r.cache[id]
+// openCached opens the netns cached for id and checks that it still is the
+// same netns and that the watched netns still gives it that id; a stale
+// entry is dropped.
+func (r *resolver) openCached(wh *netlink.Handle, cache map[int]cached, id int) (*nsfs.File, bool) {
+	e, ok := cache[id]
 	if !ok {
 		return nil, false
 	}
-	f, err := nsfs.OpenQuiet(e.path)
+	open := nsfs.OpenQuiet
+	if e.inDir {
+		open = openDirEntry
+	}
+	f, err := open(e.path)
 	if err != nil {
-		delete(r.cache, id)
+		delete(cache, id)
 		return nil, false
 	}
 	if f.ID() != e.id {
 		f.Close()
-		delete(r.cache, id)
+		delete(cache, id)
 		return nil, false
 	}
 	if got, err := wh.GetNetNsIdByFd(f.FD()); err != nil || got != id {
 		f.Close()
-		delete(r.cache, id)
+		delete(cache, id)
 		return nil, false
 	}
 	return f, true
 }
 
 // rescan rebuilds the id cache from /run/netns/* and /proc/*/ns/net,
-// deduplicated by identity, skipping the watched netns.
-func (r *resolver) rescan(wh *netlink.Handle) {
+// deduplicated by identity, skipping the watched netns, and returns it.
+func (r *resolver) rescan(wh *netlink.Handle) map[int]cached {
 	var paths []string
 	if named, err := filepath.Glob("/run/netns/*"); err == nil {
 		paths = append(paths, named...)
@@ -216,4 +240,73 @@ func (r *resolver) rescan(wh *netlink.Handle) {
 	}
 	r.log.WithField("ids", len(cache)).Debug("scanned netns for link-netnsids")
 	r.cache = cache
+	return cache
+}
+
+// scanDir rebuilds the id cache of Docker's netns directory and returns
+// it: every netns file directly in r.dir, other than the watched netns and
+// dockerd's, that the watched netns gives an id. Entries are opened
+// relative to the directory without following a symlink and checked to be
+// network namespaces (nsfs); one that is not a regular file is not opened
+// (a FIFO would block). dockerd creates each file empty and then
+// bind-mounts the netns on it (osl/namespace_linux.go:createNetworkNamespace),
+// so an entry that is no netns yet, or that cannot be opened, is skipped
+// with a debug log; the recheck schedule reads the link again.
+func (r *resolver) scanDir(wh *netlink.Handle) map[int]cached {
+	cache := map[int]cached{}
+	r.dirCache = cache
+	d, err := os.Open(r.dir)
+	if err != nil {
+		r.log.WithError(err).WithField("dir", r.dir).Debug("cannot open Docker's netns directory")
+		return cache
+	}
+	defer d.Close()
+	ents, err := d.ReadDir(-1)
+	if err != nil {
+		r.log.WithError(err).WithField("dir", r.dir).Debug("cannot list Docker's netns directory")
+	}
+	skip := map[nsfs.ID]bool{r.watched.ID(): true, r.dockerd.ID(): true}
+	for _, e := range ents {
+		p := filepath.Join(r.dir, e.Name())
+		f, err := openAt(int(d.Fd()), e.Name(), p)
+		if err != nil {
+			r.log.WithError(err).WithField("path", p).Debug("cannot open netns file; skipped")
+			continue
+		}
+		if k := f.ID(); !skip[k] {
+			skip[k] = true
+			if id, err := wh.GetNetNsIdByFd(f.FD()); err == nil && id >= 0 {
+				cache[id] = cached{path: p, id: k, inDir: true}
+			}
+		}
+		f.Close()
+	}
+	r.log.WithFields(logrus.Fields{"dir": r.dir, "ids": len(cache)}).Debug("scanned Docker's netns directory for link-netnsids")
+	return cache
+}
+
+// openDirEntry opens path, an entry of Docker's netns directory, as scanDir
+// does.
+func openDirEntry(path string) (*nsfs.File, error) {
+	dir, name := filepath.Split(path)
+	dfd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, &os.PathError{Op: "open", Path: dir, Err: err}
+	}
+	defer unix.Close(dfd)
+	return openAt(dfd, name, path)
+}
+
+// openAt opens name in the directory dirfd as a network namespace (nsfs
+// checked) if it is a regular file (an nsfs bind mount stats as one), not
+// following a symlink: opening a FIFO would block.
+func openAt(dirfd int, name, path string) (*nsfs.File, error) {
+	var st unix.Stat_t
+	if err := unix.Fstatat(dirfd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		return nil, &os.PathError{Op: "stat", Path: path, Err: err}
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return nil, fmt.Errorf("netns %q: %w (mode %#o)", path, nsfs.ErrNotNetNS, st.Mode&unix.S_IFMT)
+	}
+	return nsfs.OpenAt(dirfd, name, path)
 }

@@ -41,19 +41,33 @@ type Settings struct {
 	// DockerdNetNS is the path of dockerd's netns, where endpoint peers
 	// live; "" means the shim's own netns (the host's, shared with dockerd).
 	DockerdNetNS string
+	// DockerNetNSDir is Docker's netns directory (<exec-root>/netns), where
+	// dockerd bind-mounts the netns it creates: an endpoint whose veth
+	// peer is on a bridge in one of them (an overlay network's
+	// "1-<network id>") is attached too. "" accepts peers in dockerd's
+	// netns only.
+	DockerNetNSDir string
 }
 
 // DefaultSettings returns safe defaults: enabled, namespace "moby", the
 // annotation not trusted, Start never failed by the monitor, 5 s first
-// reconcile, 30 s per sandbox call (QEMU hotplug plus the agent).
+// reconcile, 30 s per sandbox call (QEMU hotplug plus the agent), overlay
+// peers looked up in Docker's default netns directory.
 func DefaultSettings() Settings {
 	return Settings{
 		Enabled:          true,
 		DockerNamespaces: []string{"moby"},
 		ReadyTimeout:     5 * time.Second,
 		CallTimeout:      30 * time.Second,
+		DockerNetNSDir:   DefaultDockerNetNSDir,
 	}
 }
+
+// DefaultDockerNetNSDir is Docker's netns directory with the default
+// exec-root (/var/run/docker, through Debian's /var/run -> /run symlink):
+// moby daemon/libnetwork/osl/namespace_linux.go, defaultPrefix and
+// SetBasePath.
+const DefaultDockerNetNSDir = "/run/docker/netns"
 
 // Config is what the shim knows about one sandbox when its container starts.
 type Config struct {

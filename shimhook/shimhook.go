@@ -215,7 +215,7 @@ func Start(ctx context.Context, cfg Config) (m *Monitor, err error) {
 	}
 	s := cfg.Settings
 	mcfg := monitor.Config{
-		NetNSPath: path, NetNSFD: ns.FD(), DockerdNetNS: s.DockerdNetNS, Sandbox: cfg.Sandbox, CallTimeout: s.CallTimeout,
+		NetNSPath: path, NetNSFD: ns.FD(), DockerdNetNS: s.DockerdNetNS, DockerNetNSDir: s.DockerNetNSDir, Sandbox: cfg.Sandbox, CallTimeout: s.CallTimeout,
 		ExitPID: cfg.HypervisorPID, Log: log,
 	}
 	if mon.met != nil { // never a typed nil in the interface

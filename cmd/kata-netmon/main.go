@@ -1,6 +1,6 @@
 // Command kata-netmon runs kata-netmon outside a shim.
 //
-//	kata-netmon watch (--netns PATH | --pid PID) [--json] [--dockerd-netns PATH|self]
+//	kata-netmon watch (--netns PATH | --pid PID) [--json] [--dockerd-netns PATH|self] [--docker-netns-dir DIR]
 //
 // watch runs the real monitor, matcher and reconciler against a recording
 // sandbox: a dry run that attaches nothing and prints every call a Kata
@@ -10,6 +10,9 @@
 // netns (scan mode). --dockerd-netns self is the shim's arrangement: dockerd
 // shares this process's own netns, and nothing else is accepted or scanned
 // (run it as `nsenter --net=<dockerd's netns> kata-netmon watch ...`).
+// Overlay networks' peers are looked up among the netns in
+// --docker-netns-dir (default /run/docker/netns; "" for none), as the shim
+// does.
 package main
 
 import (
@@ -32,13 +35,14 @@ import (
 	"github.com/kata-netmon/kata-netmon/hotplug"
 	"github.com/kata-netmon/kata-netmon/internal/monitor"
 	"github.com/kata-netmon/kata-netmon/internal/recording"
+	"github.com/kata-netmon/kata-netmon/shimhook"
 )
 
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
-const usage = `usage: kata-netmon watch (--netns PATH | --pid PID) [--json] [--dockerd-netns PATH|self] [--ready-timeout D] [--log-level L]`
+const usage = `usage: kata-netmon watch (--netns PATH | --pid PID) [--json] [--dockerd-netns PATH|self] [--docker-netns-dir DIR] [--ready-timeout D] [--log-level L]`
 
 // ownNetNS is the --dockerd-netns value meaning this process's own netns
 // (netmon.Config.DockerdNetNS "" without scanning), as in the shim.
@@ -55,6 +59,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	pid := fs.Int("pid", 0, "watch this process's netns, and stop when it exits")
 	asJSON := fs.Bool("json", false, "one JSON object per call on stdout")
 	dockerd := fs.String("dockerd-netns", "", `dockerd's netns path, or "self" for this process's own netns (as in the shim); default: resolve peers among named and process netns`)
+	netnsDir := fs.String("docker-netns-dir", shimhook.DefaultDockerNetNSDir, `Docker's netns directory (<exec-root>/netns), where overlay networks' peers live; "" for none`)
 	ready := fs.Duration("ready-timeout", 5*time.Second, "first reconcile: how long to wait for candidate links")
 	level := fs.String("log-level", "info", "log level (debug, info, warn, error)")
 	if err := fs.Parse(args[1:]); err != nil {
@@ -87,7 +92,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := watch(ctx, watchConfig{
-		path: path, pid: *pid, dockerdNetNS: dockerdNetNS, scan: scan, readyTimeout: *ready, log: log,
+		path: path, pid: *pid, dockerdNetNS: dockerdNetNS, netnsDir: *netnsDir, scan: scan, readyTimeout: *ready, log: log,
 		print: printer(stdout, *asJSON),
 	}); err != nil {
 		fmt.Fprintf(stderr, "kata-netmon: %v\n", err)
@@ -100,6 +105,7 @@ type watchConfig struct {
 	path         string
 	pid          int
 	dockerdNetNS string // "" is this process's own netns
+	netnsDir     string // Docker's netns directory ("" for none)
 	scan         bool   // also accept any named or process netns as the peers' netns
 	readyTimeout time.Duration
 	log          *logrus.Entry
@@ -120,12 +126,13 @@ func watch(ctx context.Context, c watchConfig) error {
 		OnEvent: c.print,
 	}
 	m, err := monitor.Start(ctx, monitor.Config{
-		NetNSPath:    c.path,
-		DockerdNetNS: c.dockerdNetNS,
-		ScanNetNS:    c.scan,
-		Sandbox:      sb,
-		ExitPID:      c.pid,
-		Log:          c.log,
+		NetNSPath:      c.path,
+		DockerdNetNS:   c.dockerdNetNS,
+		DockerNetNSDir: c.netnsDir,
+		ScanNetNS:      c.scan,
+		Sandbox:        sb,
+		ExitPID:        c.pid,
+		Log:            c.log,
 	})
 	if err != nil {
 		return err

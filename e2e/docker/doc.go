@@ -18,7 +18,11 @@
 // --mac-address, three networks at start, two containers each with its own
 // monitor (one through shimhook with Docker's real bundle and spec), 20
 // rapid connect/disconnect rounds from two goroutines, and the watch command
-// in dockerd's netns (SIGTERM, and exit with its container).
+// in dockerd's netns (SIGTERM, and exit with its container);
+// TestDockerOverlay, a single-node swarm: containers on attachable overlay
+// networks, whose peers live in the overlay network's own netns under
+// dockerd's netns directory, run, connect and disconnect, and without the
+// directory only the docker_gwbridge endpoint (the control).
 //
 // Files: daemon_test.go is the Docker side (the daemon, docker inspect as
 // expectedNIC); model_test.go replays events into a guestModel and holds the

@@ -187,7 +187,9 @@ func startInProcess(t *testing.T, d *daemon, pid int) *monitor {
 // the container's real containerd bundle and OCI spec (namespace left empty,
 // so the bundle path must show it is Docker's), the sandbox's netns by
 // process (as /proc/<hypervisor pid>/ns/net) and that process's exit watched.
-func startShimhook(t *testing.T, d *daemon, ctr string, pid int) *monitor {
+// Peers are accepted in dockerd's netns and its netns directory; mods, if
+// any, change the settings after that.
+func startShimhook(t *testing.T, d *daemon, ctr string, pid int, mods ...func(*shimhook.Settings)) *monitor {
 	t.Helper()
 	c := d.MustInspectContainer(t, ctr)
 	bundles, _ := filepath.Glob(filepath.Join(d.Dir(), "containerd", "state", "io.containerd.runtime.v2.task", "*", c.ID))
@@ -213,6 +215,10 @@ func startShimhook(t *testing.T, d *daemon, ctr string, pid int) *monitor {
 	settings.DockerdNetNS = d.NetNSPath()
 	settings.ReadyTimeout = waitTimeout
 	settings.FailStartOnAttachError = true
+	settings.DockerNetNSDir = d.NetNSDir()
+	for _, mod := range mods {
+		mod(&settings)
+	}
 	ctx, cancel := context.WithTimeout(t.Context(), waitTimeout+10*time.Second)
 	defer cancel()
 	start := time.Now()

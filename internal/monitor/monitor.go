@@ -31,10 +31,11 @@ type Config struct {
 	// path (see netmon.Config).
 	NetNSPath string
 	NetNSFD   int
-	// DockerdNetNS and ScanNetNS say where endpoint peers may live (see
-	// netmon.Config).
-	DockerdNetNS string
-	ScanNetNS    bool
+	// DockerdNetNS, DockerNetNSDir and ScanNetNS say where endpoint peers
+	// may live (see netmon.Config).
+	DockerdNetNS   string
+	DockerNetNSDir string
+	ScanNetNS      bool
 	// Sandbox is the port to the VM (required).
 	Sandbox hotplug.Sandbox
 	// CallTimeout bounds each sandbox call (0: hotplug's default).
@@ -87,7 +88,8 @@ func Start(ctx context.Context, cfg Config) (m *Monitor, err error) {
 		l.Out = io.Discard
 		log = logrus.NewEntry(l)
 	}
-	ncfg := netmon.Config{NetNSPath: cfg.NetNSPath, NetNSFD: cfg.NetNSFD, DockerdNetNS: cfg.DockerdNetNS, ScanNetNS: cfg.ScanNetNS, Log: log}
+	ncfg := netmon.Config{NetNSPath: cfg.NetNSPath, NetNSFD: cfg.NetNSFD, DockerdNetNS: cfg.DockerdNetNS,
+		DockerNetNSDir: cfg.DockerNetNSDir, ScanNetNS: cfg.ScanNetNS, Log: log}
 	if cfg.Observer != nil { // never a typed nil in the interfaces
 		ncfg.Observer = cfg.Observer
 	}

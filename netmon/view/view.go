@@ -135,7 +135,8 @@ const (
 	// PeerSameNetNS: IFLA_LINK names a link in the watched netns itself.
 	PeerSameNetNS
 	// PeerForeignNetNS: the netns holding the other end is not an accepted
-	// one (not dockerd's), or could not be identified.
+	// one (dockerd's, or one under Docker's netns directory), or could not
+	// be identified.
 	PeerForeignNetNS
 	// PeerResolved: the other end's netns is accepted and its facts below
 	// were read there.
@@ -160,10 +161,42 @@ func (s PeerState) String() string {
 	return "unknown"
 }
 
+// PeerHome says which accepted netns holds a link's other end.
+type PeerHome int
+
+const (
+	// HomeDockerd: dockerd's own netns (bridge and macvlan endpoints). The
+	// zero value: every peer netmon resolved before Docker-owned netns were
+	// accepted lived there.
+	HomeDockerd PeerHome = iota
+	// HomeDockerOwned: a netns dockerd bind-mounted under its netns
+	// directory that is not dockerd's own, such as an overlay network's
+	// "1-<network id>" netns holding the peer on its bridge br0.
+	HomeDockerOwned
+	// HomeScanned: a named or process netns found by a scan (the watch
+	// command and tests only).
+	HomeScanned
+)
+
+func (h PeerHome) String() string {
+	switch h {
+	case HomeDockerd:
+		return "dockerd"
+	case HomeDockerOwned:
+		return "docker-owned"
+	case HomeScanned:
+		return "scanned"
+	}
+	return "unknown"
+}
+
 // Peer is what netmon read about a link's veth peer or macvlan parent, in the
 // netns where that ifindex is valid.
 type Peer struct {
 	State PeerState
+	// Home says which accepted netns NetNS is; meaningful when State is
+	// PeerResolved, or PeerError with NetNS set.
+	Home  PeerHome
 	NetNS string // the netns the id resolved to (a path), when known
 	Err   string // why the facts could not be read, when State is PeerError
 

@@ -44,6 +44,7 @@ const (
 	EnvReadyTimeout       = "KATA_NETMON_READY_TIMEOUT"              // ready_timeout, Go duration
 	EnvCallTimeout        = "KATA_NETMON_CALL_TIMEOUT"               // call_timeout, Go duration
 	EnvDockerdNetNS       = "KATA_NETMON_DOCKERD_NETNS"              // dockerd_netns
+	EnvDockerNetNSDir     = "KATA_NETMON_DOCKER_NETNS_DIR"           // docker_netns_dir
 	EnvLogLevel           = "KATA_NETMON_LOG_LEVEL"                  // log_level
 	maxReadyTimeout       = time.Minute
 	maxCallTimeout        = 5 * time.Minute
@@ -59,6 +60,7 @@ type netmonTable struct {
 	ReadyTimeout           *string   `toml:"ready_timeout"`
 	CallTimeout            *string   `toml:"call_timeout"`
 	DockerdNetNS           *string   `toml:"dockerd_netns"`
+	DockerNetNSDir         *string   `toml:"docker_netns_dir"`
 	LogLevel               *string   `toml:"log_level"`
 }
 
@@ -136,6 +138,9 @@ func (s *Settings) applyFile(path string) []string {
 	if t.DockerdNetNS != nil {
 		w = append(w, s.setDockerdNetNS(*t.DockerdNetNS, where("dockerd_netns"))...)
 	}
+	if t.DockerNetNSDir != nil {
+		w = append(w, setAbsPath(&s.DockerNetNSDir, *t.DockerNetNSDir, where("docker_netns_dir"))...)
+	}
 	if t.LogLevel != nil {
 		w = append(w, s.setLogLevel(*t.LogLevel, where("log_level"))...)
 	}
@@ -171,6 +176,9 @@ func (s *Settings) applyEnv(getenv func(string) (string, bool)) []string {
 	if v, ok := getenv(EnvDockerdNetNS); ok {
 		w = append(w, s.setDockerdNetNS(v, EnvDockerdNetNS)...)
 	}
+	if v, ok := getenv(EnvDockerNetNSDir); ok {
+		w = append(w, setAbsPath(&s.DockerNetNSDir, v, EnvDockerNetNSDir)...)
+	}
 	if v, ok := getenv(EnvLogLevel); ok && strings.TrimSpace(v) != "" {
 		w = append(w, s.setLogLevel(v, EnvLogLevel)...)
 	}
@@ -202,11 +210,17 @@ func setDuration(dst *time.Duration, v string, max time.Duration, where string) 
 }
 
 func (s *Settings) setDockerdNetNS(v, where string) []string {
+	return setAbsPath(&s.DockerdNetNS, v, where)
+}
+
+// setAbsPath sets *dst to v, an absolute path or "" (trimmed), and keeps
+// *dst otherwise.
+func setAbsPath(dst *string, v, where string) []string {
 	v = strings.TrimSpace(v)
 	if v != "" && !filepath.IsAbs(v) {
-		return []string{fmt.Sprintf("%s = %q: want an absolute path or \"\"; keeping %q", where, v, s.DockerdNetNS)}
+		return []string{fmt.Sprintf("%s = %q: want an absolute path or \"\"; keeping %q", where, v, *dst)}
 	}
-	s.DockerdNetNS = v
+	*dst = v
 	return nil
 }
 

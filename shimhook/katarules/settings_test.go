@@ -11,7 +11,7 @@ import (
 func TestLoadSettings(t *testing.T) {
 	def := DefaultSettings()
 	if !def.Enabled || !slices.Equal(def.DockerNamespaces, []string{"moby"}) || def.TrustNetNSAnnotation ||
-		def.FailStartOnAttachError || def.LogLevel != "" || def.ReadyTimeout != 5*time.Second {
+		def.FailStartOnAttachError || def.LogLevel != "" || def.ReadyTimeout != 5*time.Second || def.DockerNetNSDir != "/run/docker/netns" {
 		t.Fatalf("defaults are not the safe ones: %+v", def)
 	}
 
@@ -40,6 +40,7 @@ docker_namespaces = ["moby", "docker-ci"]
 trust_netns_annotation = true
 ready_timeout = "3s"
 log_level = "debug"
+docker_netns_dir = "/var/run/docker-ci/netns"
 `)
 	write(filepath.Join(dir, "config.d", "10-netmon.toml"), `
 [netmon]
@@ -60,20 +61,24 @@ call_timeout = "1h"   # out of range: warned, kept
 		{"missing file", filepath.Join(dir, "nope.toml"), nil, func(s Settings) bool { return s.Enabled }, 0},
 		{"file and drop-in", conf, nil, func(s Settings) bool {
 			return slices.Equal(s.DockerNamespaces, []string{"moby", "docker-ci"}) && s.TrustNetNSAnnotation &&
-				s.FailStartOnAttachError && s.ReadyTimeout == 3*time.Second && s.CallTimeout == 30*time.Second && s.LogLevel == "debug"
+				s.FailStartOnAttachError && s.ReadyTimeout == 3*time.Second && s.CallTimeout == 30*time.Second && s.LogLevel == "debug" &&
+				s.DockerNetNSDir == "/var/run/docker-ci/netns"
 		}, 1},
 		{"environment wins", conf, map[string]string{
 			EnvEnable: "false", EnvDockerNamespaces: " moby ,,moby2 ", EnvTrustAnnotation: "0", EnvLogLevel: "WARN",
-			EnvReadyTimeout: "750ms", EnvDockerdNetNS: "/run/netns/dockerd",
+			EnvReadyTimeout: "750ms", EnvDockerdNetNS: "/run/netns/dockerd", EnvDockerNetNSDir: "",
 		}, func(s Settings) bool {
 			return !s.Enabled && slices.Equal(s.DockerNamespaces, []string{"moby", "moby2"}) && !s.TrustNetNSAnnotation &&
-				s.LogLevel == "warn" && s.ReadyTimeout == 750*time.Millisecond && s.DockerdNetNS == "/run/netns/dockerd"
+				s.LogLevel == "warn" && s.ReadyTimeout == 750*time.Millisecond && s.DockerdNetNS == "/run/netns/dockerd" &&
+				s.DockerNetNSDir == ""
 		}, 1},
 		{"bad environment keeps values", "", map[string]string{
 			EnvEnable: "maybe", EnvDockerNamespaces: ",", EnvLogLevel: "loud", EnvReadyTimeout: "-1s", EnvDockerdNetNS: "relative",
+			EnvDockerNetNSDir: "run/docker/netns",
 		}, func(s Settings) bool {
-			return s.Enabled && slices.Equal(s.DockerNamespaces, []string{"moby"}) && s.LogLevel == "" && s.ReadyTimeout == 5*time.Second && s.DockerdNetNS == ""
-		}, 5},
+			return s.Enabled && slices.Equal(s.DockerNamespaces, []string{"moby"}) && s.LogLevel == "" && s.ReadyTimeout == 5*time.Second && s.DockerdNetNS == "" &&
+				s.DockerNetNSDir == "/run/docker/netns"
+		}, 6},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

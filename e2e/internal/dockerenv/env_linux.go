@@ -160,6 +160,11 @@ func (e *Env) NetNSName() string { return e.netns }
 // containerd run in: docker0, br-* bridges and host-side veths live there.
 func (e *Env) NetNSPath() string { return filepath.Join("/run/netns", e.netns) }
 
+// NetNSDir returns dockerd's netns directory, <exec-root>/netns, where it
+// bind-mounts container sandboxes and the overlay networks' own netns
+// (moby daemon/libnetwork/osl/namespace_linux.go: SetBasePath).
+func (e *Env) NetNSDir() string { return filepath.Join(e.dir, "exec", "netns") }
+
 // Host returns the DOCKER_HOST value of this daemon (unix://...).
 func (e *Env) Host() string { return "unix://" + e.dockerSock }
 
