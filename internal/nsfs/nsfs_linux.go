@@ -34,7 +34,7 @@ type File struct {
 // os.ErrPermission work; a file that opens but is not a netns wraps
 // ErrNotNetNS.
 func Open(path string) (*File, error) {
-	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, &os.PathError{Op: "open netns", Path: path, Err: err}
 	}
@@ -49,7 +49,7 @@ func Open(path string) (*File, error) {
 // OpenAt opens name in the directory dirfd without following a symlink in
 // its last component, and checks it like Open.
 func OpenAt(dirfd int, name, path string) (*File, error) {
-	fd, err := unix.Openat(dirfd, name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	fd, err := unix.Openat(dirfd, name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, &os.PathError{Op: "open netns", Path: path, Err: err}
 	}
@@ -80,7 +80,7 @@ func Dup(fd int, path string) (*File, error) {
 // among /run/netns/* and /proc/*/ns/net) and reads its identity, without the
 // type checks: cheaper, for scans that compare identities only.
 func OpenQuiet(path string) (*File, error) {
-	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, &os.PathError{Op: "open netns", Path: path, Err: err}
 	}

@@ -5,10 +5,13 @@ package nsfs
 import (
 	"errors"
 	"os"
+	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/vishvananda/netns"
 	"go.uber.org/goleak"
+	"golang.org/x/sys/unix"
 
 	"github.com/kata-netmon/kata-netmon/netmon/netmontest"
 )
@@ -114,6 +117,48 @@ func TestOpenChecksTheType(t *testing.T) {
 	}
 	if err := f.Close(); err != nil || f.Close() != nil {
 		t.Errorf("Close twice: %v", err)
+	}
+}
+
+// TestOpenFIFODoesNotBlock: a FIFO put where a netns file was expected (a
+// swap between a caller's check and the open) is refused at once, not
+// waited on for a writer. (OpenQuiet checks no type: it only must not
+// block.)
+func TestOpenFIFODoesNotBlock(t *testing.T) {
+	fifo := filepath.Join(t.TempDir(), "netns")
+	if err := unix.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	dir, err := os.Open(filepath.Dir(fifo))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dir.Close()
+	for name, open := range map[string]func() (*File, error){
+		"Open":      func() (*File, error) { return Open(fifo) },
+		"OpenQuiet": func() (*File, error) { return OpenQuiet(fifo) },
+		"OpenAt":    func() (*File, error) { return OpenAt(int(dir.Fd()), "netns", fifo) },
+	} {
+		done := make(chan error, 1)
+		go func() {
+			f, err := open()
+			if err == nil {
+				f.Close()
+			}
+			done <- err
+		}()
+		select {
+		case err := <-done:
+			if name != "OpenQuiet" && !errors.Is(err, ErrNotNetNS) {
+				t.Errorf("%s(FIFO) = %v, want ErrNotNetNS", name, err)
+			}
+		case <-time.After(10 * time.Second):
+			// Unblock the open so that the goroutine ends.
+			if w, err := os.OpenFile(fifo, os.O_WRONLY, 0); err == nil {
+				w.Close()
+			}
+			t.Fatalf("%s(FIFO) still blocked after 10s", name)
+		}
 	}
 }
 
