@@ -272,7 +272,7 @@ mkdir -p "$out"
 	CGO_ENABLED=0 go build -ldflags "$ldflags" -o "$out/containerd-shim-kata-v2" ./cmd/containerd-shim-kata-v2 &&
 	CGO_ENABLED=0 go build -ldflags "$ldflags" -o "$out/containerd-shim-kata-netmon-v2" "$pkg/cmd/containerd-shim-kata-netmon-v2") ||
 	die "building the shims failed"
-go tool nm "$out/containerd-shim-kata-v2" | grep -q " $pkg/register.init" ||
+go tool nm "$out/containerd-shim-kata-v2" | grep -c " $pkg/register.init" >/dev/null ||
 	die "containerd-shim-kata-v2 was built without kata-netmon registered"
 note "binaries (in $out):"
 note "  containerd-shim-kata-v2 (patch mode, kata-netmon registered): $("$out/containerd-shim-kata-v2" --version)"
