@@ -171,6 +171,18 @@ func waitCall(ctx context.Context, sb *katasim.Sandbox, mark int, method, name s
 	}
 }
 
+// callBefore returns the first recorded call of method after index mark
+// that started before t, without waiting.
+func callBefore(sb *katasim.Sandbox, mark int, method string, t time.Time) (katasim.Call, bool) {
+	calls := sb.Calls()
+	for _, c := range calls[min(mark, len(calls)):] {
+		if c.Method == method && c.Start.Before(t) {
+			return c, true
+		}
+	}
+	return katasim.Call{}, false
+}
+
 // settle waits until the sandbox has had no call for 250 ms (the route
 // update that follows an attach or a detach), so rounds do not overlap.
 func settle(ctx context.Context, sb *katasim.Sandbox) {
