@@ -25,6 +25,7 @@ cleanup() {
 	git -C "$here" worktree remove --force "$wt/before" 2>/dev/null || true
 	git -C "$here" worktree remove --force "$wt/after" 2>/dev/null || true
 	rm -rf "$wt"
+	git -C "$here" worktree prune
 }
 trap cleanup EXIT
 git -C "$here" worktree add -q --detach "$wt/before" "$base"
@@ -37,15 +38,23 @@ if ! git -C "$wt/before" merge-base --is-ancestor "$harness" HEAD 2>/dev/null; t
 		"$wt/before/e2e/bench/env_test.go"
 fi
 log=$out/runlog.txt
+failed=0
 for target in $targets; do
 	for n in $(seq "$runs"); do
 		for side in before after; do
 			f=$out/$side-$target-$n.txt
 			{ echo "== $side ($(git -C "$wt/$side" log --oneline -1)) make $target, run $n"; echo "start $(date -u +%FT%TZ), $(uptime)"; } | tee -a "$log"
-			(cd "$wt/$side" && make "$target") >"$f" 2>&1 || echo "FAILED: see $f" | tee -a "$log"
+			if ! (cd "$wt/$side" && make "$target") >"$f" 2>&1; then
+				echo "FAILED: see $f" | tee -a "$log"
+				failed=$((failed + 1))
+			fi
 			echo "end $(date -u +%FT%TZ)" >>"$log"
 		done
 	done
 done
 python3 "$here/scripts/bench-compare.py" "$out" "$runs" $targets | tee "$out/table.md"
 echo "outputs: $out"
+if ((failed)); then
+	echo "bench-compare: $failed run(s) failed; their columns are empty" >&2
+	exit 1
+fi
