@@ -248,7 +248,7 @@ func (r *resolver) rescan(wh *netlink.Handle) map[int]cached {
 // dockerd's, that the watched netns gives an id. Entries are opened
 // relative to the directory without following a symlink and checked to be
 // network namespaces (nsfs); one that is not a regular file is not opened
-// (a FIFO would block). dockerd creates each file empty and then
+// (see openAt). dockerd creates each file empty and then
 // bind-mounts the netns on it (osl/namespace_linux.go:createNetworkNamespace),
 // so an entry that is no netns yet, or that cannot be opened, is skipped
 // with a debug log; the recheck schedule reads the link again.
@@ -299,7 +299,9 @@ func openDirEntry(path string) (*nsfs.File, error) {
 
 // openAt opens name in the directory dirfd as a network namespace (nsfs
 // checked) if it is a regular file (an nsfs bind mount stats as one), not
-// following a symlink: opening a FIFO would block.
+// following a symlink. A device node or FIFO is never opened (opening a
+// device can have effects); one swapped in between the stat and the open
+// is refused by nsfs, which opens without blocking.
 func openAt(dirfd int, name, path string) (*nsfs.File, error) {
 	var st unix.Stat_t
 	if err := unix.Fstatat(dirfd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
